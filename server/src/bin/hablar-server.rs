@@ -1,0 +1,5 @@
+//! The `hablar-server` binary.
+
+fn main() {
+    println!("hablar-server: coming soon");
+}

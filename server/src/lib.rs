@@ -1,0 +1,1 @@
+//! Hablar's reference server.
