@@ -12,13 +12,14 @@ import queue
 import re
 import subprocess
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import JWT_SECRET, LOOPBACK_ORIGIN, REPO, mint_token, stop
+from conftest import HTTP, JWT_SECRET, LOOPBACK_ORIGIN, REPO, mint_token, stop
 
 SERVER_BIN = Path(os.environ.get("HABLAR_SERVER_BIN", REPO / "target/debug/hablar-server"))
 LISTENING = re.compile(r"^hablar-server listening on http://([0-9.]+):(\d+)$")
@@ -56,6 +57,14 @@ def hablar_server(tmp_path_factory):
                 break
     finally:
         stop(proc)
+
+
+def hablar_dev_token(base, user_id):
+    req = urllib.request.Request(
+        f"http://{base}/api/dev/token", data=json.dumps({"user_id": user_id}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST")
+    with HTTP.open(req, timeout=10) as resp:
+        return json.load(resp)["token"]
 
 
 def open_ws(base, chat_id, token, origin=None):
@@ -134,3 +143,40 @@ def test_simplejwt_token_signed_with_another_key_is_refused_with_4401(
             pytest.fail(f"expected close 4401 after the upgrade, got HTTP {e.response.status_code}")
 
     asyncio.run(scenario())
+
+
+def test_hablar_server_dev_tokens_are_accepted_by_simplejwt_in_django(hablar_server, daphne):
+    """The other direction: our dev endpoint's tokens carry the claims simplejwt insists
+    on (`token_type`, `exp`, `jti`, `user_id`), so Django accepts them as well."""
+    token = hablar_dev_token(hablar_server, "bob")
+
+    async def scenario():
+        async with open_ws(daphne.base, "random", token, LOOPBACK_ORIGIN) as ws:
+            await ws.send(json.dumps({"type": "typing_start"}))
+            assert await recv_json(ws) == {
+                "type": "typing_start", "user_id": "bob", "username": "Bob"}
+
+    asyncio.run(scenario())
+
+
+def test_new_message_from_hablar_server_has_every_field_django_sends(hablar_server, daphne):
+    """A frontend written for the Django backend reads the same fields from our server;
+    our server adds only the extension field `seq`."""
+    alice = mint_token(daphne.env, "alice")
+    sent = {"type": "new_message",
+            "message": {"content": "same shape", "client_id": "c-9", "reply_to": "m-1"}}
+
+    async def echo(base):
+        async with open_ws(base, "general", alice, LOOPBACK_ORIGIN) as ws:
+            await ws.send(json.dumps(sent))
+            return await recv_base(ws)
+
+    django_frame = asyncio.run(echo(daphne.base))
+    hablar_frame = asyncio.run(echo(hablar_server))
+    assert set(hablar_frame) == set(django_frame) == {"type", "message"}
+    d, h = django_frame["message"], hablar_frame["message"]
+    assert set(h) - set(d) == {"seq"} and set(d) <= set(h)
+    for key in ("chat_id", "content", "sender", "client_id", "reply_to"):
+        assert h[key] == d[key], key
+    for msg in (d, h):
+        assert isinstance(msg["id"], str) and msg["created_at"].endswith("Z")
