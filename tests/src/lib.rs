@@ -1,2 +1,40 @@
 //! Helpers for Hablar's cross-crate tests: starting real servers and services on free
 //! ports and talking to them over real sockets.
+//!
+//! - [`TestServer`]: the real server in-process (`hablar_server::serve` on port 0),
+//!   with admin and history helpers over real HTTP.
+//! - [`tokens`]: HS256 JWT minting (valid, expired, refresh, other algorithms…); every
+//!   minted token is remembered so that [`logs`] can prove none was logged.
+//! - [`Client`]: a tokio-tungstenite client whose `recv_event` returns typed
+//!   `ServerEvent`s, with timeouts.
+//! - [`logs`]: a global tracing subscriber that captures the server's logs in memory.
+//! - [`backend_tests!`]: instantiates each behavioural test once per [`Backend`].
+
+pub mod client;
+pub mod logs;
+pub mod server;
+pub mod tokens;
+
+pub use client::Client;
+pub use server::TestServer;
+
+/// The backends the behavioural tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded in-memory backend.
+    Memory,
+}
+
+/// Instantiates `async fn name(backend: Backend)` test functions once per backend, as
+/// `name::memory` (and later `name::redis`).
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$name($crate::Backend::Memory).await;
+            }
+        }
+    )*};
+}

@@ -1,0 +1,115 @@
+//! The admin HTTP API (`Authorization: Bearer {admin_key}`): chats, members, profiles.
+//! Removing a member closes their sockets in the chat with 4403 through the backend's
+//! control event, so it works across instances.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::put;
+use axum::{Json, Router};
+use hablar_protocol::{ChatId, UserId};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::constant_time_eq;
+use crate::error::{Error, Result};
+use crate::http::bearer;
+use crate::AppState;
+
+/// The admin routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/admin/chats/{chat_id}", put(put_chat))
+        .route(
+            "/api/admin/chats/{chat_id}/members/{user_id}",
+            put(put_member).delete(delete_member),
+        )
+        .route("/api/admin/users/{user_id}", put(put_user))
+}
+
+fn check_key(app: &AppState, headers: &HeaderMap) -> Result<()> {
+    let key = app.config.admin_key().ok_or(Error::AdminKey)?;
+    let given = bearer(headers).ok_or(Error::AdminKey)?;
+    if constant_time_eq(given.as_bytes(), key.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(Error::AdminKey)
+    }
+}
+
+fn chat_id(chat: String) -> Result<ChatId> {
+    ChatId::new(chat).map_err(|err| Error::BadRequest(err.to_string()))
+}
+
+fn user_id(user: String) -> Result<UserId> {
+    UserId::new(user).map_err(|err| Error::BadRequest(err.to_string()))
+}
+
+async fn put_chat(
+    State(app): State<Arc<AppState>>,
+    Path(chat): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    check_key(&app, &headers)?;
+    let chat = chat_id(chat)?;
+    let created = app.backend.create_chat(&chat).await?;
+    tracing::info!(%chat, created, "admin: chat put");
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({ "chat_id": chat, "created": created }))).into_response())
+}
+
+async fn put_member(
+    State(app): State<Arc<AppState>>,
+    Path((chat, user)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode> {
+    check_key(&app, &headers)?;
+    let (chat, user) = (chat_id(chat)?, user_id(user)?);
+    if !app.backend.add_member(&chat, &user).await? {
+        return Err(Error::NotFound);
+    }
+    tracing::info!(%chat, %user, "admin: member added");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_member(
+    State(app): State<Arc<AppState>>,
+    Path((chat, user)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode> {
+    check_key(&app, &headers)?;
+    let (chat, user) = (chat_id(chat)?, user_id(user)?);
+    if !app.backend.remove_member(&chat, &user).await? {
+        return Err(Error::NotFound);
+    }
+    tracing::info!(%chat, %user, "admin: member removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct Profile {
+    display_name: String,
+}
+
+async fn put_user(
+    State(app): State<Arc<AppState>>,
+    Path(user): Path<String>,
+    headers: HeaderMap,
+    Json(profile): Json<Profile>,
+) -> Result<StatusCode> {
+    check_key(&app, &headers)?;
+    let user = user_id(user)?;
+    let name = profile.display_name.trim();
+    if name.is_empty() || name.chars().count() > 128 {
+        return Err(Error::BadRequest("display_name must be 1-128 characters".into()));
+    }
+    app.backend.set_display_name(&user, name).await?;
+    tracing::info!(%user, "admin: profile put");
+    Ok(StatusCode::NO_CONTENT)
+}

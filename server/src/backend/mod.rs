@@ -1,0 +1,148 @@
+//! The store and broker behind the server, as one trait: the embedded in-memory backend
+//! implements it now, a Redis backend (several instances) later.
+//!
+//! The backend owns what must be consistent across instances: chats, members, profiles,
+//! messages (seq, epoch, idempotency), presence, and the pub/sub of chat events. Events
+//! reach this instance's connections through the [`EventSink`] given to the backend
+//! when it is built (the local hub, [`crate::rooms::Rooms`]).
+
+pub mod memory;
+
+use async_trait::async_trait;
+use hablar_protocol::events::{Extra, HistoryPage, Message, PresenceUser, ServerEvent};
+use hablar_protocol::{ChatId, ClientId, Epoch, Seq, UserId};
+use serde::{Deserialize, Serialize};
+
+pub use memory::MemoryBackend;
+
+use crate::error::Result;
+
+/// An event published to every instance that has subscribed to a chat.
+///
+/// Serialisable so that a networked backend can carry it as it is.
+// Events are passed by reference down the fan-out, so the variants' size difference
+// costs nothing; boxing would cost an allocation per published event.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChatEvent {
+    /// A protocol event for every connection of the chat.
+    Broadcast {
+        /// The event, as it goes on the wire.
+        event: ServerEvent,
+        /// Connections of this user do not get it (a user's own typing).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skip_user: Option<UserId>,
+    },
+    /// Control: a member was removed; that user's sockets in the chat close with 4403.
+    MemberRemoved {
+        /// Who was removed.
+        user_id: UserId,
+    },
+}
+
+/// Where a backend delivers the events of the chats this instance subscribed to.
+pub trait EventSink: Send + Sync + 'static {
+    /// Hands one event of `chat` to the local connections. Must not block: it is called
+    /// in the backend's publish path, in publish order.
+    fn deliver(&self, chat: &ChatId, event: &ChatEvent);
+}
+
+/// A message to store, already checked and stamped with its sender.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    /// Who sends it (from the token, never from the client).
+    pub sender: PresenceUser,
+    /// Trimmed, length-checked content.
+    pub content: String,
+    /// The idempotency key.
+    pub client_id: Option<ClientId>,
+    /// Pass-through fields, without server-owned ones.
+    pub extra: Extra,
+}
+
+/// The outcome of [`Backend::append`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    /// The stored message (the earlier one when `duplicate`).
+    pub message: Message,
+    /// The `client_id` was already stored: nothing was stored or published, and only
+    /// the sender should get `message` back as its acknowledgement.
+    pub duplicate: bool,
+}
+
+/// The outcome of [`Backend::replay`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replay {
+    /// The chat store's current epoch.
+    pub epoch: Epoch,
+    /// The newest seq at the time of reading (after the replayed messages).
+    pub last_seq: Seq,
+    /// Every message with `seq > since`, in order (empty when not `recovered`).
+    pub messages: Vec<Message>,
+    /// `false` when a resume was asked and cannot be served: other epoch, gap older
+    /// than the retained history, or longer than `max` messages.
+    pub recovered: bool,
+}
+
+/// The outcome of [`Backend::presence_join`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresenceJoined {
+    /// This was the user's first connection to the chat on any instance.
+    pub first: bool,
+    /// Everyone online in the chat now, this user included.
+    pub online: Vec<PresenceUser>,
+}
+
+/// The store and broker.
+///
+/// Rules every implementation keeps (the integration tests check them per backend):
+/// - `append` is one atomic step: idempotency check, `seq` = previous + 1, store, and
+///   publish of `new_message` to the chat, so that every subscriber sees messages in
+///   `seq` order.
+/// - Idempotency keys are scoped to (chat, sender, client_id) and kept 24 h.
+/// - `subscribe` returns once the subscription is live, so a caller that subscribes and
+///   then reads `replay` misses nothing in between.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Creates a chat; `true` if it did not exist.
+    async fn create_chat(&self, chat: &ChatId) -> Result<bool>;
+    /// Whether the chat exists.
+    async fn chat_exists(&self, chat: &ChatId) -> Result<bool>;
+    /// Adds a member to an existing chat; `false` if the chat does not exist.
+    async fn add_member(&self, chat: &ChatId, user: &UserId) -> Result<bool>;
+    /// Removes a member; `true` if it was one. Publishes [`ChatEvent::MemberRemoved`].
+    async fn remove_member(&self, chat: &ChatId, user: &UserId) -> Result<bool>;
+    /// Whether `user` is a member of `chat`.
+    async fn is_member(&self, chat: &ChatId, user: &UserId) -> Result<bool>;
+    /// Sets a user's display name.
+    async fn set_display_name(&self, user: &UserId, display_name: &str) -> Result<()>;
+    /// A user's display name, if a profile exists.
+    async fn display_name(&self, user: &UserId) -> Result<Option<String>>;
+
+    /// Stores and publishes a message (see the trait's rules).
+    async fn append(&self, chat: &ChatId, message: NewMessage) -> Result<Appended>;
+    /// Up to `limit` messages with `seq < before` (all when `None`), oldest first.
+    async fn history(&self, chat: &ChatId, before: Option<Seq>, limit: usize) -> Result<HistoryPage>;
+    /// The chat's epoch and newest seq, and, when `since` is given, the messages after it
+    /// (at most `max`). A `since` without `epoch` is taken as the current epoch.
+    async fn replay(
+        &self,
+        chat: &ChatId,
+        since: Option<Seq>,
+        epoch: Option<&Epoch>,
+        max: usize,
+    ) -> Result<Replay>;
+
+    /// Publishes an event that is not stored (typing, presence, read, control).
+    async fn publish(&self, chat: &ChatId, event: ChatEvent) -> Result<()>;
+    /// Starts delivering `chat`'s events to this instance's sink; returns once live.
+    async fn subscribe(&self, chat: &ChatId) -> Result<()>;
+    /// Stops delivering `chat`'s events to this instance.
+    async fn unsubscribe(&self, chat: &ChatId) -> Result<()>;
+
+    /// Counts one more connection of `user` in `chat` (across instances).
+    async fn presence_join(&self, chat: &ChatId, user: &PresenceUser) -> Result<PresenceJoined>;
+    /// Counts one connection less; `true` if it was the user's last one in the chat.
+    async fn presence_leave(&self, chat: &ChatId, user: &UserId) -> Result<bool>;
+}

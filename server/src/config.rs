@@ -1,0 +1,259 @@
+//! Server configuration: clap flags, each also read from the environment.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use hablar_protocol::limits;
+
+use crate::error::{Error, Result};
+
+/// The JWT secret `--dev` uses when none is given.
+pub const DEV_JWT_SECRET: &str = "hablar-dev-secret";
+/// The admin key `--dev` uses when none is given.
+pub const DEV_ADMIN_KEY: &str = "hablar-dev-admin";
+
+/// Which store and broker the server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// Embedded in-memory store: one instance, nothing to run beside it.
+    Memory,
+    /// Redis: several instances share chats, history and presence.
+    Redis,
+}
+
+/// A secret from the command line or environment whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself; named so that every use is easy to find.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Everything the server can be told at start.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "hablar-server", version, about = "Hablar's reference chat server")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "HABLAR_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// HS256 key shared with the token issuer (simplejwt's SIGNING_KEY).
+    #[arg(long, env = "HABLAR_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds (simplejwt's LEEWAY, default 0).
+    #[arg(long, env = "HABLAR_JWT_LEEWAY_SECS", default_value_t = 0)]
+    pub jwt_leeway_secs: u64,
+    /// Browser origins allowed to open a WebSocket (comma list, e.g. `https://chat.example`).
+    #[arg(long, env = "HABLAR_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Refuse handshakes without an `Origin` header (non-browser clients).
+    #[arg(long, env = "HABLAR_REFUSE_MISSING_ORIGIN")]
+    pub refuse_missing_origin: bool,
+    /// Key for the admin HTTP API (`Authorization: Bearer …`); the API is off without it.
+    #[arg(long, env = "HABLAR_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<Secret>,
+    /// Store and broker.
+    #[arg(long, env = "HABLAR_BACKEND", value_enum, default_value = "memory")]
+    pub backend: BackendKind,
+    /// Redis URL for `--backend redis`.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+    /// Development mode: seeded users and chats, dev token endpoint, static files,
+    /// loopback origins allowed.
+    #[arg(long, env = "HABLAR_DEV")]
+    pub dev: bool,
+    /// Allow `--dev` on a non-loopback address (it hands out tokens to anyone).
+    #[arg(long, env = "HABLAR_DEV_ALLOW_PUBLIC")]
+    pub dev_allow_public: bool,
+    /// Directory served at `/` in dev mode.
+    #[arg(long, env = "HABLAR_WWW_DIR", default_value = "www")]
+    pub www_dir: PathBuf,
+    /// wasm-pack output served at `/pkg/` in dev mode.
+    #[arg(long, env = "HABLAR_PKG_DIR", default_value = "client/pkg")]
+    pub pkg_dir: PathBuf,
+    /// The limits.
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Limits, each with a default that is safe for a public server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Largest WebSocket frame/message in bytes; larger closes with 1009.
+    #[arg(long, env = "HABLAR_MAX_FRAME_BYTES", default_value_t = limits::MAX_FRAME_BYTES)]
+    pub max_frame_bytes: usize,
+    /// Longest message content in characters, after trimming.
+    #[arg(long, env = "HABLAR_MAX_CONTENT_CHARS", default_value_t = limits::MAX_CONTENT_CHARS)]
+    pub max_content_chars: usize,
+    /// Events per second a connection may send on average.
+    #[arg(long, env = "HABLAR_RATE_PER_SEC", default_value_t = 10.0)]
+    pub rate_per_sec: f64,
+    /// Events a connection may send in a burst.
+    #[arg(long, env = "HABLAR_RATE_BURST", default_value_t = 30)]
+    pub rate_burst: u32,
+    /// Rate-limited events in a row after which the connection is closed with 1008.
+    #[arg(long, env = "HABLAR_RATE_ABUSE_CLOSE_AFTER", default_value_t = 20)]
+    pub rate_abuse_close_after: u32,
+    /// Open connections one user may have on this instance; more close with 4429.
+    #[arg(long, env = "HABLAR_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
+    pub max_connections_per_user: usize,
+    /// Frames queued for one connection; a slow reader past it is closed with 4408.
+    #[arg(long, env = "HABLAR_OUTBOUND_QUEUE", default_value_t = 256)]
+    pub outbound_queue: usize,
+    /// Interval of server-sent WebSocket pings, in milliseconds.
+    #[arg(long, env = "HABLAR_PING_INTERVAL_MS", default_value_t = 20_000)]
+    pub ping_interval_ms: u64,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    #[arg(long, env = "HABLAR_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// Messages a chat keeps in the embedded store (resume and history reach this far).
+    #[arg(long, env = "HABLAR_HISTORY_RETENTION", default_value_t = 10_000)]
+    pub history_retention: usize,
+    /// Most messages replayed on resume; a larger gap answers `recovered: false`.
+    #[arg(long, env = "HABLAR_MAX_REPLAY", default_value_t = 1_000)]
+    pub max_replay: usize,
+    /// How long graceful shutdown waits for connections to close, in milliseconds.
+    #[arg(long, env = "HABLAR_SHUTDOWN_GRACE_MS", default_value_t = 5_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Config::defaults().limits
+    }
+}
+
+impl Config {
+    /// The configuration with every default and nothing from the environment's flags.
+    pub fn defaults() -> Self {
+        // Parse an empty command line so the defaults live in one place: the clap attributes.
+        Self::try_parse_from(["hablar-server"])
+            .expect("every flag has a default or is optional, so an empty command line parses")
+    }
+
+    /// The JWT key in force: the configured one, or the dev default in `--dev`.
+    pub fn jwt_secret(&self) -> Option<Secret> {
+        self.jwt_secret
+            .clone()
+            .or_else(|| self.dev.then(|| Secret::new(DEV_JWT_SECRET)))
+    }
+
+    /// The admin key in force: the configured one, or the dev default in `--dev`.
+    pub fn admin_key(&self) -> Option<Secret> {
+        self.admin_key
+            .clone()
+            .or_else(|| self.dev.then(|| Secret::new(DEV_ADMIN_KEY)))
+    }
+
+    /// Refuses a configuration that cannot or must not run on `addr`.
+    pub fn validate(&self, addr: SocketAddr) -> Result<()> {
+        if self.dev && !addr.ip().is_loopback() && !self.dev_allow_public {
+            return Err(Error::Config(format!(
+                "--dev hands out tokens to anyone; refusing to listen on non-loopback {addr} \
+                 without --dev-allow-public"
+            )));
+        }
+        if self.jwt_secret().is_none() {
+            return Err(Error::Config(
+                "no JWT secret: pass --jwt-secret (HABLAR_JWT_SECRET) or --dev".into(),
+            ));
+        }
+        let l = &self.limits;
+        if l.max_frame_bytes < 1024 || l.outbound_queue == 0 || l.rate_burst == 0 || l.rate_per_sec <= 0.0 {
+            return Err(Error::Config(
+                "limits: max frame ≥ 1024 bytes, queue, burst and rate must be positive".into(),
+            ));
+        }
+        if l.idle_timeout_ms <= l.ping_interval_ms {
+            return Err(Error::Config(
+                "the idle timeout must be longer than the ping interval".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Limits {
+    /// The server ping interval.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// The shutdown grace period.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_protocol_limits() {
+        let config = Config::defaults();
+        assert_eq!(config.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.backend, BackendKind::Memory);
+        assert_eq!(config.limits.max_frame_bytes, 64 * 1024);
+        assert_eq!(config.limits.max_content_chars, 4000);
+    }
+
+    #[test]
+    fn dev_mode_refuses_a_public_address_unless_allowed() {
+        let mut config = Config::try_parse_from(["hablar-server", "--dev"]).expect("parses");
+        let public: SocketAddr = "0.0.0.0:8080".parse().expect("addr");
+        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        assert!(config.validate(public).is_err());
+        assert!(config.validate(loopback).is_ok());
+        config.dev_allow_public = true;
+        assert!(config.validate(public).is_ok());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let config =
+            Config::try_parse_from(["hablar-server", "--jwt-secret", "s3cr3t", "--admin-key", "k3y"])
+                .expect("parses");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cr3t") && !debug.contains("k3y"));
+    }
+
+    #[test]
+    fn origins_are_a_comma_list() {
+        let config = Config::try_parse_from([
+            "hablar-server",
+            "--allowed-origins",
+            "https://a.example,https://b.example",
+        ])
+        .expect("parses");
+        assert_eq!(config.allowed_origins.len(), 2);
+    }
+}

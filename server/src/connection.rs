@@ -1,0 +1,611 @@
+//! One WebSocket connection: admission (token, chat, membership, per-user limit), the
+//! `ready` + replay, then a reader and a writer raced in one `select!` with the close
+//! signals (hub, shutdown, token expiry), and the cleanup after (presence, typing lease).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hablar_protocol::events::{
+    encode, parse_client, ClientEvent, ErrorEvent, PresenceUser, Ready, ServerEvent,
+};
+use hablar_protocol::{ChatId, ClientId, CloseCode, Epoch, ErrorCode, Seq};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::backend::{ChatEvent, NewMessage, Replay};
+use crate::limits::{ConnectionSlot, RateDecision, RateLimiter};
+use crate::rooms::{Closer, ConnHandle, Outbound};
+use crate::AppState;
+
+/// The handshake's query string, read leniently: a malformed `since` or `epoch` means
+/// "cannot resume", not a refused handshake.
+/// No `Debug`: it holds the token.
+#[derive(Default, Deserialize)]
+pub struct RawConnect {
+    /// The access token.
+    token: Option<String>,
+    /// The last seq the client has.
+    since: Option<String>,
+    /// The epoch `since` belongs to.
+    epoch: Option<String>,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The server closes with this code.
+    Close(CloseCode),
+    /// The client sent a close frame (its code, if any).
+    ClientClosed(Option<u16>),
+    /// The transport failed; no close frame can be sent.
+    Gone,
+}
+
+/// Who is connected where, once admitted.
+struct Admitted {
+    me: PresenceUser,
+    chat: ChatId,
+    /// The token's `exp`, when the connection is closed with 4401.
+    exp: u64,
+    /// Gives the per-user connection slot back on drop.
+    _slot: ConnectionSlot,
+}
+
+/// Per-connection state the reader keeps and the cleanup reads.
+struct Session {
+    /// Whether this connection's user is typing (a `typing_start` without a stop,
+    /// message or close since), for the typing lease on close.
+    typing: bool,
+    limiter: RateLimiter,
+}
+
+/// Runs one upgraded connection to its end.
+pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: RawConnect) {
+    let _tracked = app.tracker.clone();
+    let (mut sink, mut stream) = socket.split();
+    if *app.shutdown.borrow() {
+        return finish(&app, &mut sink, End::Close(CloseCode::Restart), None).await;
+    }
+    let admitted = match admit(&app, &chat, query.token.as_deref()).await {
+        Ok(admitted) => admitted,
+        Err(code) => {
+            tracing::info!(chat = %chat, code = code.as_u16(), reason = code.reason(), "handshake refused");
+            return finish(&app, &mut sink, End::Close(code), None).await;
+        }
+    };
+    app.metrics.connections.fetch_add(1, Relaxed);
+    app.metrics.connections_total.fetch_add(1, Relaxed);
+    let user = admitted.me.user_id.clone();
+    tracing::info!(chat = %admitted.chat, user = %user, "connected");
+
+    let limits = &app.config.limits;
+    let (tx, mut rx) = mpsc::channel(limits.outbound_queue);
+    let (closer, mut close_rx) = Closer::new();
+    let handle = ConnHandle {
+        user: user.clone(),
+        tx: tx.clone(),
+        closer,
+    };
+    let chat = admitted.chat.clone();
+    let conn_id = match app.rooms.join(&*app.backend, &chat, handle).await {
+        Ok(id) => id,
+        Err(err) => {
+            tracing::error!(%chat, error = %err, "subscribe failed");
+            app.metrics.connections.fetch_sub(1, Relaxed);
+            return finish(&app, &mut sink, End::Close(CloseCode::ServerError), None).await;
+        }
+    };
+
+    let mut session = Session {
+        typing: false,
+        limiter: RateLimiter::new(
+            limits.rate_per_sec,
+            limits.rate_burst,
+            limits.rate_abuse_close_after,
+            Instant::now(),
+        ),
+    };
+    let end = match start(&app, &admitted, &query, &mut sink).await {
+        Err(end) => end,
+        Ok(last_seq) => {
+            let token_expiry = deadline(admitted.exp, app.config.jwt_leeway_secs);
+            let mut shutdown = app.shutdown.clone();
+            tokio::select! {
+                end = read_loop(&app, &admitted, &mut stream, &mut session, &tx) => end,
+                end = write_loop(&mut sink, &mut rx, last_seq, limits.ping_interval()) => end,
+                code = close_rx.wait_for(Option::is_some) => {
+                    End::Close(code.ok().and_then(|c| *c).unwrap_or(CloseCode::ServerError))
+                }
+                _ = shutdown.wait_for(|stop| *stop) => End::Close(CloseCode::Restart),
+                _ = tokio::time::sleep_until(token_expiry) => End::Close(CloseCode::Unauthorized),
+            }
+        }
+    };
+    // Graceful shutdown finishes what was queued before the 1012.
+    let flush_first = (end == End::Close(CloseCode::Restart)).then_some(&mut rx);
+    finish(&app, &mut sink, end, flush_first).await;
+    cleanup(&app, &admitted, conn_id, &session).await;
+    app.metrics.connections.fetch_sub(1, Relaxed);
+    tracing::info!(%chat, user = %user, end = ?end, "disconnected");
+}
+
+/// Token, chat, membership and the per-user limit, in that order.
+async fn admit(app: &AppState, chat: &str, token: Option<&str>) -> Result<Admitted, CloseCode> {
+    let token = token.filter(|t| !t.is_empty()).ok_or(CloseCode::Unauthorized)?;
+    let claims = app.verifier.verify(token, unix_now()).map_err(|err| {
+        tracing::info!(reason = %err, "token refused");
+        CloseCode::Unauthorized
+    })?;
+    let chat = ChatId::new(chat).map_err(|_| CloseCode::NotFound)?;
+    let backend = &app.backend;
+    let server_error = |err: crate::Error| {
+        tracing::error!(error = %err, "backend failed during admission");
+        CloseCode::ServerError
+    };
+    if !backend.chat_exists(&chat).await.map_err(server_error)? {
+        return Err(CloseCode::NotFound);
+    }
+    if !backend
+        .is_member(&chat, &claims.user_id)
+        .await
+        .map_err(server_error)?
+    {
+        return Err(CloseCode::Forbidden);
+    }
+    let slot = app
+        .connections
+        .try_acquire(&claims.user_id, app.config.limits.max_connections_per_user)
+        .ok_or(CloseCode::TooMany)?;
+    let username = match backend
+        .display_name(&claims.user_id)
+        .await
+        .map_err(server_error)?
+    {
+        Some(name) => name,
+        None => claims.fallback_name(),
+    };
+    Ok(Admitted {
+        me: PresenceUser {
+            user_id: claims.user_id,
+            username,
+        },
+        chat,
+        exp: claims.exp,
+        _slot: slot,
+    })
+}
+
+/// Presence, replay and `ready`: sends `ready` and the replayed messages, and returns
+/// the seq up to which live messages are already delivered.
+async fn start(
+    app: &AppState,
+    admitted: &Admitted,
+    query: &RawConnect,
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+) -> Result<Seq, End> {
+    let backend = &app.backend;
+    let chat = &admitted.chat;
+    let server_error = |err: crate::Error| {
+        tracing::error!(%chat, error = %err, "backend failed while starting a connection");
+        End::Close(CloseCode::ServerError)
+    };
+    let joined = backend
+        .presence_join(chat, &admitted.me)
+        .await
+        .map_err(server_error)?;
+    if joined.first {
+        let event = ChatEvent::Broadcast {
+            event: ServerEvent::PresenceJoin(admitted.me.clone()),
+            skip_user: Some(admitted.me.user_id.clone()),
+        };
+        backend.publish(chat, event).await.map_err(server_error)?;
+    }
+    // A resume we cannot parse is a resume we cannot serve.
+    let since = query.since.as_deref().map(|s| s.parse::<u64>().map(Seq));
+    let epoch = query.epoch.as_deref().map(Epoch::new);
+    let unreadable = matches!(since, Some(Err(_))) || matches!(epoch, Some(Err(_)));
+    let since = since.and_then(Result::ok);
+    let epoch = epoch.and_then(Result::ok);
+    let max = app.config.limits.max_replay;
+    let Replay {
+        epoch,
+        last_seq,
+        messages,
+        recovered,
+    } = if unreadable {
+        Replay {
+            recovered: false,
+            ..backend
+                .replay(chat, None, None, max)
+                .await
+                .map_err(server_error)?
+        }
+    } else {
+        backend
+            .replay(chat, since, epoch.as_ref(), max)
+            .await
+            .map_err(server_error)?
+    };
+    let ready = ServerEvent::Ready(Ready {
+        user_id: admitted.me.user_id.clone(),
+        chat_id: chat.clone(),
+        epoch,
+        last_seq,
+        recovered,
+        presence: joined.online,
+    });
+    let send = async {
+        sink.feed(WsMessage::Text(encode(&ready).into())).await?;
+        for message in messages {
+            sink.feed(WsMessage::Text(
+                encode(&ServerEvent::NewMessage { message }).into(),
+            ))
+            .await?;
+        }
+        sink.flush().await
+    };
+    send.await.map_err(|_| End::Gone)?;
+    Ok(last_seq)
+}
+
+/// Reads and handles the client's frames until the connection ends.
+async fn read_loop(
+    app: &AppState,
+    admitted: &Admitted,
+    stream: &mut SplitStream<WebSocket>,
+    session: &mut Session,
+    tx: &mpsc::Sender<Outbound>,
+) -> End {
+    let idle = app.config.limits.idle_timeout();
+    loop {
+        let frame = match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => {
+                tracing::info!(chat = %admitted.chat, "idle timeout");
+                return End::Close(CloseCode::GoingAway);
+            }
+            Ok(None) => return End::Gone,
+            Ok(Some(Err(err))) => return read_error(&err),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match frame {
+            WsMessage::Text(text) => {
+                app.metrics.messages_in.fetch_add(1, Relaxed);
+                if let Some(end) = handle_text(app, admitted, session, tx, text.as_str()).await {
+                    return end;
+                }
+            }
+            WsMessage::Binary(_) => {
+                app.metrics.messages_in.fetch_add(1, Relaxed);
+                reply_error(
+                    tx,
+                    ErrorCode::BadJson,
+                    "frames must be UTF-8 text JSON".into(),
+                    None,
+                );
+            }
+            // tungstenite answers pings itself; any frame proves the peer is alive.
+            WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+            WsMessage::Close(frame) => return End::ClientClosed(frame.map(|f| f.code)),
+        }
+    }
+}
+
+/// Maps a read error to how the connection ends.
+fn read_error(err: &axum::Error) -> End {
+    // axum does not re-export tungstenite's error type, so the size limit is recognised
+    // by tungstenite's text for `Error::Capacity` (the integration tests pin it: 1009).
+    let text = err.to_string();
+    if text.contains("Space limit exceeded") {
+        End::Close(CloseCode::TooBig)
+    } else if text.contains("UTF-8") || text.contains("utf-8") {
+        End::Close(CloseCode::Other(1007))
+    } else if text.contains("Protocol error") {
+        End::Close(CloseCode::Other(1002))
+    } else {
+        End::Gone
+    }
+}
+
+/// Handles one text frame; `Some` ends the connection.
+async fn handle_text(
+    app: &AppState,
+    admitted: &Admitted,
+    session: &mut Session,
+    tx: &mpsc::Sender<Outbound>,
+    text: &str,
+) -> Option<End> {
+    match session.limiter.check(Instant::now()) {
+        RateDecision::Allow => {}
+        RateDecision::Limited => {
+            reply_error(
+                tx,
+                ErrorCode::RateLimited,
+                "too many events; slow down".into(),
+                None,
+            );
+            return None;
+        }
+        RateDecision::Close => {
+            tracing::info!(chat = %admitted.chat, user = %admitted.me.user_id, "rate limit abuse");
+            return Some(End::Close(CloseCode::Policy));
+        }
+    }
+    let event = match parse_client(text) {
+        Ok(event) => event,
+        Err(err) => {
+            reply_error(tx, err.code(), err.to_string(), client_id_of(text));
+            return None;
+        }
+    };
+    let me = &admitted.me;
+    let chat = &admitted.chat;
+    let backend = &app.backend;
+    let published = match event {
+        ClientEvent::TypingStart => {
+            session.typing = true;
+            let event = ServerEvent::TypingStart {
+                user_id: me.user_id.clone(),
+                username: me.username.clone(),
+            };
+            backend
+                .publish(
+                    chat,
+                    ChatEvent::Broadcast {
+                        event,
+                        skip_user: Some(me.user_id.clone()),
+                    },
+                )
+                .await
+        }
+        ClientEvent::TypingStop => {
+            session.typing = false;
+            let event = ServerEvent::TypingStop {
+                user_id: me.user_id.clone(),
+            };
+            backend
+                .publish(
+                    chat,
+                    ChatEvent::Broadcast {
+                        event,
+                        skip_user: Some(me.user_id.clone()),
+                    },
+                )
+                .await
+        }
+        ClientEvent::NewMessage { message } => {
+            let client_id = message.client_id.clone();
+            let parts = match message.into_parts(app.config.limits.max_content_chars) {
+                Ok(parts) => parts,
+                Err(err) => {
+                    reply_error(tx, ErrorCode::InvalidMessage, err.to_string(), client_id);
+                    return None;
+                }
+            };
+            let client_id = parts.client_id.clone();
+            let new = NewMessage {
+                sender: me.clone(),
+                content: parts.content,
+                client_id: parts.client_id,
+                extra: parts.extra,
+            };
+            session.typing = false;
+            match backend.append(chat, new).await {
+                Ok(appended) if appended.duplicate => {
+                    reply(
+                        tx,
+                        &ServerEvent::NewMessage {
+                            message: appended.message,
+                        },
+                    );
+                    Ok(())
+                }
+                Ok(_) => {
+                    app.metrics.messages_stored.fetch_add(1, Relaxed);
+                    Ok(())
+                }
+                Err(err) => {
+                    tracing::error!(%chat, error = %err, "append failed");
+                    let detail = "message not stored; send it again with the same client_id".into();
+                    reply_error(tx, ErrorCode::Unavailable, detail, client_id);
+                    return None;
+                }
+            }
+        }
+        ClientEvent::Ping { id } => {
+            reply(tx, &ServerEvent::Pong { id });
+            Ok(())
+        }
+        ClientEvent::MarkRead { up_to } => {
+            let event = ServerEvent::Read {
+                user_id: me.user_id.clone(),
+                up_to,
+            };
+            backend
+                .publish(
+                    chat,
+                    ChatEvent::Broadcast {
+                        event,
+                        skip_user: None,
+                    },
+                )
+                .await
+        }
+    };
+    if let Err(err) = published {
+        tracing::error!(%chat, error = %err, "publish failed");
+    }
+    None
+}
+
+/// The `message.client_id` of a frame that did not parse, for the error event.
+fn client_id_of(text: &str) -> Option<ClientId> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    let id = value.get("message")?.get("client_id")?.as_str()?;
+    ClientId::new(id).ok()
+}
+
+/// Queues a direct answer for this connection only.
+fn reply(tx: &mpsc::Sender<Outbound>, event: &ServerEvent) {
+    // A full queue means the hub is about to close this connection as too slow.
+    let _ = tx.try_send(Outbound {
+        text: Utf8Bytes::from(encode(event)),
+        seq: None,
+    });
+}
+
+fn reply_error(tx: &mpsc::Sender<Outbound>, code: ErrorCode, detail: String, client_id: Option<ClientId>) {
+    reply(
+        tx,
+        &ServerEvent::Error(ErrorEvent {
+            code,
+            detail,
+            client_id,
+        }),
+    );
+}
+
+/// Writes queued frames in batches (feed, then one flush) and pings the client.
+async fn write_loop(
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+    rx: &mut mpsc::Receiver<Outbound>,
+    delivered: Seq,
+    ping_every: Duration,
+) -> End {
+    const BATCH: usize = 64;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            item = rx.recv() => {
+                let Some(first) = item else {
+                    return End::Close(CloseCode::ServerError);
+                };
+                let mut batch = Vec::with_capacity(8);
+                batch.push(first);
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
+                }
+                let write = async {
+                    for item in batch {
+                        // The replay already sent messages up to `delivered`.
+                        if item.seq.is_some_and(|seq| seq <= delivered) {
+                            continue;
+                        }
+                        sink.feed(WsMessage::Text(item.text)).await?;
+                    }
+                    sink.flush().await
+                };
+                if write.await.is_err() {
+                    return End::Gone;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
+                    return End::Gone;
+                }
+            }
+        }
+    }
+}
+
+/// Sends the close frame (after the queued frames when `flush_first`), with a time
+/// limit, and counts the close.
+async fn finish(
+    app: &AppState,
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+    end: End,
+    flush_first: Option<&mut mpsc::Receiver<Outbound>>,
+) {
+    let code = match end {
+        End::Close(code) => code,
+        End::ClientClosed(code) => {
+            // tungstenite queued the close reply; flushing sends it.
+            let _ = tokio::time::timeout(Duration::from_secs(1), sink.flush()).await;
+            app.metrics
+                .close(code.map_or(CloseCode::Normal, CloseCode::from_u16));
+            return;
+        }
+        End::Gone => {
+            app.metrics.close(CloseCode::Abnormal);
+            return;
+        }
+    };
+    app.metrics.close(code);
+    let close = async {
+        if let Some(rx) = flush_first {
+            while let Ok(item) = rx.try_recv() {
+                sink.feed(WsMessage::Text(item.text)).await?;
+            }
+        }
+        let frame = CloseFrame {
+            code: code.as_u16(),
+            reason: Utf8Bytes::from_static(code.reason()),
+        };
+        sink.send(WsMessage::Close(Some(frame))).await?;
+        sink.close().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+}
+
+/// Leaves the hub, and tells the chat when this was the user's last connection.
+async fn cleanup(app: &AppState, admitted: &Admitted, conn_id: u64, session: &Session) {
+    let chat = &admitted.chat;
+    let backend = &app.backend;
+    app.rooms.leave(&**backend, chat, conn_id).await;
+    let last = match backend.presence_leave(chat, &admitted.me.user_id).await {
+        Ok(last) => last,
+        Err(err) => {
+            tracing::error!(%chat, error = %err, "presence leave failed");
+            return;
+        }
+    };
+    if !last {
+        return;
+    }
+    let me = &admitted.me;
+    let mut events = Vec::with_capacity(2);
+    // The typing lease: nobody is left to send this user's typing_stop.
+    if session.typing {
+        events.push(ServerEvent::TypingStop {
+            user_id: me.user_id.clone(),
+        });
+    }
+    events.push(ServerEvent::PresenceLeave(me.clone()));
+    for event in events {
+        if let Err(err) = backend
+            .publish(
+                chat,
+                ChatEvent::Broadcast {
+                    event,
+                    skip_user: None,
+                },
+            )
+            .await
+        {
+            tracing::error!(%chat, error = %err, "publish on leave failed");
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// When a token with `exp` stops being valid, as a tokio instant.
+fn deadline(exp: u64, leeway: u64) -> tokio::time::Instant {
+    let valid_until = UNIX_EPOCH + Duration::from_secs(exp.saturating_add(leeway));
+    let left = valid_until
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    // A far-future `exp` must not overflow the timer.
+    tokio::time::Instant::now() + left.min(Duration::from_secs(10 * 365 * 24 * 3600))
+}

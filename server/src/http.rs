@@ -1,0 +1,196 @@
+//! The HTTP surface: the router, the WebSocket handshake (Origin check before the
+//! upgrade), history, health, metrics, and in dev mode the token endpoint, CORS for
+//! loopback origins and the static files.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hablar_protocol::events::HistoryPage;
+use hablar_protocol::limits::MAX_HISTORY_LIMIT;
+use hablar_protocol::{ChatId, Seq, UserId};
+use serde::Deserialize;
+use serde_json::json;
+use tower_http::services::ServeDir;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{mint_hs256, AuthError, Claims};
+use crate::connection::{self, RawConnect};
+use crate::error::{Error, Result};
+use crate::origin::is_loopback_origin;
+use crate::{admin, AppState};
+
+/// The server's routes.
+pub fn router(app: Arc<AppState>) -> Router {
+    let mut router = Router::new()
+        .route("/ws/chat/{chat_id}/", get(ws_handshake))
+        .route("/ws/chat/{chat_id}", get(ws_handshake))
+        .route("/api/chats/{chat_id}/messages", get(history))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .merge(admin::routes());
+    if app.config.dev {
+        router = router
+            .route("/api/dev/token", post(dev_token))
+            .nest_service("/pkg", ServeDir::new(&app.config.pkg_dir))
+            .fallback_service(ServeDir::new(&app.config.www_dir))
+            .layer(middleware::from_fn(dev_cors));
+    }
+    // Spans name the path only: the query holds the WebSocket token.
+    let trace = TraceLayer::new_for_http().make_span_with(|request: &Request| {
+        tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
+    });
+    router.layer(trace).with_state(app)
+}
+
+async fn ws_handshake(
+    State(app): State<Arc<AppState>>,
+    Path(chat): Path<String>,
+    query: Result<Query<RawConnect>, QueryRejection>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // A header that is not visible ASCII cannot be on the list.
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if !app.origins.allows(origin) {
+        tracing::warn!(chat = %chat, origin = ?origin, "handshake from a foreign origin refused");
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
+    let query = query.map(|Query(q)| q).unwrap_or_default();
+    let max = app.config.limits.max_frame_bytes;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| connection::run(app, socket, chat, query))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    before: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn history(
+    State(app): State<Arc<AppState>>,
+    Path(chat): Path<String>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Json<HistoryPage>> {
+    let claims = bearer_claims(&app, &headers)?;
+    let Query(query) = query.map_err(|err| Error::BadRequest(err.body_text()))?;
+    let chat = ChatId::new(chat).map_err(|_| Error::NotFound)?;
+    if !app.backend.chat_exists(&chat).await? {
+        return Err(Error::NotFound);
+    }
+    if !app.backend.is_member(&chat, &claims.user_id).await? {
+        return Err(Error::NotMember);
+    }
+    let limit = query.limit.unwrap_or(50).clamp(1, MAX_HISTORY_LIMIT) as usize;
+    Ok(Json(
+        app.backend.history(&chat, query.before.map(Seq), limit).await?,
+    ))
+}
+
+/// The verified claims of the `Authorization: Bearer` access token.
+fn bearer_claims(app: &AppState, headers: &HeaderMap) -> Result<Claims> {
+    let token = bearer(headers).ok_or(AuthError::Missing)?;
+    Ok(app.verifier.verify(token, unix_now())?)
+}
+
+/// The token of an `Authorization: Bearer …` header.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.metrics.render(),
+    )
+}
+
+#[derive(Deserialize)]
+struct DevTokenRequest {
+    user_id: UserId,
+    ttl_secs: Option<u64>,
+}
+
+/// Dev mode: a signed access token for any user, like simplejwt's token view.
+async fn dev_token(
+    State(app): State<Arc<AppState>>,
+    Json(request): Json<DevTokenRequest>,
+) -> Result<Json<serde_json::Value>> {
+    let secret = app.config.jwt_secret().ok_or(Error::NotFound)?;
+    let username = app
+        .backend
+        .display_name(&request.user_id)
+        .await?
+        .unwrap_or_else(|| request.user_id.to_string());
+    let now = unix_now();
+    let ttl = request.ttl_secs.unwrap_or(3600).clamp(1, 7 * 24 * 3600);
+    let jti: u128 = rand::random();
+    let claims = json!({
+        "token_type": "access",
+        "exp": now + ttl,
+        "iat": now,
+        "jti": format!("{jti:032x}"),
+        "user_id": request.user_id,
+        "username": username,
+    });
+    let token = mint_hs256(secret.expose().as_bytes(), &claims);
+    tracing::info!(user = %request.user_id, ttl, "dev token issued");
+    Ok(Json(
+        json!({ "token": token, "user_id": request.user_id, "username": username }),
+    ))
+}
+
+/// Dev mode: CORS for any loopback origin (browser tests run pages on random ports).
+async fn dev_cors(request: Request, next: Next) -> Response {
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| is_loopback_origin(o))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let Some(origin) = origin else {
+        return next.run(request).await;
+    };
+    let mut response = if request.method() == Method::OPTIONS {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type"),
+    );
+    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    headers.insert(header::VARY, HeaderValue::from_static("origin"));
+    response
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

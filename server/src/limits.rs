@@ -1,0 +1,170 @@
+//! Limits that protect the server from one client: a per-connection token bucket with
+//! a strike count for repeated abuse, and a per-user connection counter. Sans-I/O: time
+//! is passed in.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hablar_protocol::UserId;
+use parking_lot::Mutex;
+
+/// What the rate limiter decides about one incoming event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDecision {
+    /// Handle the event.
+    Allow,
+    /// Drop it and answer `rate_limited`.
+    Limited,
+    /// The client keeps sending over the limit: close with 1008.
+    Close,
+}
+
+/// A token bucket with a count of limited events in a row.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    /// Tokens available now (fractional, refilled continuously).
+    tokens: f64,
+    /// Bucket size: the largest burst.
+    burst: f64,
+    /// Tokens added per second.
+    rate: f64,
+    /// When `tokens` was last refilled.
+    last: Instant,
+    /// Limited events since the last allowed one.
+    strikes: u32,
+    /// Strikes that close the connection.
+    close_after: u32,
+}
+
+impl RateLimiter {
+    /// A full bucket at `now`.
+    pub fn new(rate_per_sec: f64, burst: u32, close_after: u32, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            rate: rate_per_sec,
+            last: now,
+            strikes: 0,
+            close_after: close_after.max(1),
+        }
+    }
+
+    /// Takes one token for an event arriving at `now`.
+    pub fn check(&mut self, now: Instant) -> RateDecision {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            return RateDecision::Allow;
+        }
+        self.strikes += 1;
+        if self.strikes >= self.close_after {
+            RateDecision::Close
+        } else {
+            RateDecision::Limited
+        }
+    }
+}
+
+/// Open connections per user on this instance.
+#[derive(Debug, Default)]
+pub struct ConnectionCounter {
+    /// Count per user; a user with no connection has no entry.
+    counts: Mutex<HashMap<UserId, usize>>,
+}
+
+/// One counted connection; dropping it gives the slot back.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    /// The counter to give the slot back to.
+    counter: Arc<ConnectionCounter>,
+    /// Whose slot it is.
+    user: UserId,
+}
+
+impl ConnectionCounter {
+    /// A slot for `user` if they have fewer than `max` connections.
+    pub fn try_acquire(self: &Arc<Self>, user: &UserId, max: usize) -> Option<ConnectionSlot> {
+        let mut counts = self.counts.lock();
+        let count = counts.entry(user.clone()).or_insert(0);
+        if *count >= max {
+            if *count == 0 {
+                counts.remove(user);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot {
+            counter: self.clone(),
+            user: user.clone(),
+        })
+    }
+
+    /// Open connections of `user`.
+    pub fn count(&self, user: &UserId) -> usize {
+        self.counts.lock().get(user).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counter.counts.lock();
+        if let Some(count) = counts.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_burst_passes_then_events_are_limited_then_the_bucket_refills() {
+        let start = Instant::now();
+        let mut limiter = RateLimiter::new(2.0, 3, 5, start);
+        for _ in 0..3 {
+            assert_eq!(limiter.check(start), RateDecision::Allow);
+        }
+        assert_eq!(limiter.check(start), RateDecision::Limited);
+        assert_eq!(
+            limiter.check(start + Duration::from_millis(500)),
+            RateDecision::Allow
+        );
+        assert_eq!(
+            limiter.check(start + Duration::from_millis(500)),
+            RateDecision::Limited
+        );
+    }
+
+    #[test]
+    fn repeated_abuse_closes() {
+        let now = Instant::now();
+        let mut limiter = RateLimiter::new(1.0, 1, 3, now);
+        assert_eq!(limiter.check(now), RateDecision::Allow);
+        assert_eq!(limiter.check(now), RateDecision::Limited);
+        assert_eq!(limiter.check(now), RateDecision::Limited);
+        assert_eq!(limiter.check(now), RateDecision::Close);
+    }
+
+    #[test]
+    fn connection_slots_are_counted_per_user_and_given_back() {
+        let counter = Arc::new(ConnectionCounter::default());
+        let alice = UserId::new("alice").expect("id");
+        let bob = UserId::new("bob").expect("id");
+        let a1 = counter.try_acquire(&alice, 2).expect("first");
+        let _a2 = counter.try_acquire(&alice, 2).expect("second");
+        assert!(counter.try_acquire(&alice, 2).is_none());
+        assert!(counter.try_acquire(&bob, 2).is_some());
+        drop(a1);
+        assert!(counter.try_acquire(&alice, 2).is_some());
+    }
+}

@@ -1,0 +1,195 @@
+//! The local hub: which connections of this instance are in which chat, and the fan-out
+//! of a chat's events to them. Each event is encoded once per fan-out and shared by all
+//! queues (`Utf8Bytes` is reference-counted); each connection's queue is bounded and
+//! filled with `try_send`, so one slow reader never holds up the others.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use hablar_protocol::events::{encode, ServerEvent};
+use hablar_protocol::{ChatId, CloseCode, Seq, UserId};
+use parking_lot::RwLock;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch};
+
+use crate::backend::{Backend, ChatEvent, EventSink};
+use crate::error::Result;
+use crate::metrics::Metrics;
+
+/// One frame queued for a connection.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The encoded event, shared by every connection it goes to.
+    pub text: Utf8Bytes,
+    /// The message's seq for `new_message` from the fan-out, so that a resuming
+    /// connection can drop what its replay already sent. `None` for direct answers.
+    pub seq: Option<Seq>,
+}
+
+/// Asks a connection to close with a code; the first code asked for wins.
+#[derive(Debug, Clone)]
+pub struct Closer(watch::Sender<Option<CloseCode>>);
+
+impl Closer {
+    /// A closer and the receiver its connection waits on.
+    pub fn new() -> (Self, watch::Receiver<Option<CloseCode>>) {
+        let (tx, rx) = watch::channel(None);
+        (Self(tx), rx)
+    }
+
+    /// Asks the connection to close with `code` (ignored if a close was already asked).
+    pub fn close(&self, code: CloseCode) {
+        self.0.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(code);
+            true
+        });
+    }
+}
+
+/// What the hub knows of one connection.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    /// Whose connection it is (to skip a user's own typing, to close a removed member).
+    pub user: UserId,
+    /// The connection's bounded queue.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Closes the connection (too slow, removed from the chat).
+    pub closer: Closer,
+}
+
+/// One chat's local connections.
+#[derive(Debug, Default)]
+struct Room {
+    /// Connections by id.
+    conns: HashMap<u64, ConnHandle>,
+    /// Whether this instance is subscribed to the chat. An async lock, held across the
+    /// backend's subscribe/unsubscribe, so that a join and a leave never interleave them.
+    subscribed: Arc<tokio::sync::Mutex<bool>>,
+}
+
+/// The hub.
+#[derive(Debug)]
+pub struct Rooms {
+    /// Rooms by chat. A room stays after its last connection leaves (its `subscribed`
+    /// lock must outlive racing joins and leaves); there is one per chat ever joined.
+    rooms: RwLock<HashMap<ChatId, Room>>,
+    /// Source of connection ids.
+    next_id: AtomicU64,
+    /// Counts frames out and drops.
+    metrics: Arc<Metrics>,
+}
+
+impl Rooms {
+    /// An empty hub.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            rooms: RwLock::default(),
+            next_id: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    /// Registers a connection for `chat`'s live events and makes sure this instance is
+    /// subscribed. When it returns, every event published from then on reaches `handle`.
+    pub async fn join(&self, backend: &dyn Backend, chat: &ChatId, handle: ConnHandle) -> Result<u64> {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        let subscribed = {
+            let mut rooms = self.rooms.write();
+            let room = rooms.entry(chat.clone()).or_default();
+            room.conns.insert(id, handle);
+            room.subscribed.clone()
+        };
+        let mut subscribed = subscribed.lock().await;
+        if !*subscribed {
+            if let Err(err) = backend.subscribe(chat).await {
+                drop(subscribed);
+                self.leave(backend, chat, id).await;
+                return Err(err);
+            }
+            *subscribed = true;
+        }
+        Ok(id)
+    }
+
+    /// Unregisters a connection; the last one of a chat unsubscribes this instance.
+    pub async fn leave(&self, backend: &dyn Backend, chat: &ChatId, id: u64) {
+        let subscribed = {
+            let mut rooms = self.rooms.write();
+            let Some(room) = rooms.get_mut(chat) else {
+                return;
+            };
+            room.conns.remove(&id);
+            if !room.conns.is_empty() {
+                return;
+            }
+            room.subscribed.clone()
+        };
+        let mut subscribed = subscribed.lock().await;
+        // A connection may have joined while we waited for the lock.
+        if *subscribed && self.local_connections(chat) == 0 {
+            if let Err(err) = backend.unsubscribe(chat).await {
+                tracing::warn!(%chat, error = %err, "unsubscribe failed");
+            }
+            *subscribed = false;
+        }
+    }
+
+    /// Connections of this instance in `chat`.
+    pub fn local_connections(&self, chat: &ChatId) -> usize {
+        self.rooms.read().get(chat).map_or(0, |room| room.conns.len())
+    }
+}
+
+impl EventSink for Rooms {
+    fn deliver(&self, chat: &ChatId, event: &ChatEvent) {
+        let rooms = self.rooms.read();
+        let Some(room) = rooms.get(chat) else {
+            return;
+        };
+        match event {
+            ChatEvent::Broadcast { event, skip_user } => {
+                if room.conns.is_empty() {
+                    return;
+                }
+                let text = Utf8Bytes::from(encode(event));
+                let (seq, droppable) = match event {
+                    ServerEvent::NewMessage { message } => (message.seq, false),
+                    ServerEvent::TypingStart { .. } | ServerEvent::TypingStop { .. } => (None, true),
+                    _ => (None, false),
+                };
+                for conn in room.conns.values() {
+                    if skip_user.as_ref() == Some(&conn.user) {
+                        continue;
+                    }
+                    match conn.tx.try_send(Outbound {
+                        text: text.clone(),
+                        seq,
+                    }) {
+                        Ok(()) => {
+                            self.metrics.messages_out.fetch_add(1, Relaxed);
+                        }
+                        Err(TrySendError::Full(_)) => {
+                            self.metrics.dropped.fetch_add(1, Relaxed);
+                            // Typing is a lease that the next refresh repairs; anything
+                            // else would leave a gap, so the client resumes instead.
+                            if !droppable {
+                                conn.closer.close(CloseCode::TooSlow);
+                            }
+                        }
+                        Err(TrySendError::Closed(_)) => {}
+                    }
+                }
+            }
+            ChatEvent::MemberRemoved { user_id } => {
+                for conn in room.conns.values().filter(|c| &c.user == user_id) {
+                    conn.closer.close(CloseCode::Forbidden);
+                }
+            }
+        }
+    }
+}

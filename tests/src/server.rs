@@ -1,0 +1,191 @@
+//! [`TestServer`]: the real server, in-process, on a free port.
+
+use std::net::SocketAddr;
+
+use hablar_server::{BackendKind, Config, Secret};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::client::Client;
+use crate::tokens::SECRET;
+use crate::{logs, Backend};
+
+/// The admin key every [`TestServer`] uses.
+pub const ADMIN_KEY: &str = "hablar-test-admin-key";
+
+/// A running server; stopped (gracefully) by [`TestServer::shutdown`] or on drop.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Triggers graceful shutdown.
+    stop: Option<oneshot::Sender<()>>,
+    /// The `serve` task.
+    task: Option<JoinHandle<hablar_server::Result<()>>>,
+    /// HTTP client for the admin and history APIs.
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    /// A server with the test defaults on `backend`.
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// A server with the test defaults changed by `configure`.
+    pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Self {
+        logs::install();
+        let mut config = Config::defaults();
+        config.jwt_secret = Some(Secret::new(SECRET));
+        config.admin_key = Some(Secret::new(ADMIN_KEY));
+        config.backend = match backend {
+            Backend::Memory => BackendKind::Memory,
+        };
+        configure(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(hablar_server::serve(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// `http://IP:PORT`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The WebSocket URL of `chat` with `token`, plus any extra query (`&since=…`).
+    pub fn ws_url(&self, chat: &str, token: &str, extra: &str) -> String {
+        format!("ws://{}/ws/chat/{chat}/?token={token}{extra}", self.addr)
+    }
+
+    /// Connects to `chat` as the holder of `token`.
+    pub async fn connect(&self, chat: &str, token: &str) -> Client {
+        Client::connect(&self.ws_url(chat, token, ""))
+            .await
+            .expect("handshake")
+    }
+
+    /// Connects as `user` (a fresh valid token) and reads `ready`.
+    pub async fn join(&self, chat: &str, user: &str) -> Client {
+        let mut client = self.connect(chat, &crate::tokens::token(user)).await;
+        client.ready().await;
+        client
+    }
+
+    /// Creates `chat` with `members` through the admin API.
+    pub async fn create_chat(&self, chat: &str, members: &[&str]) {
+        let url = format!("{}/api/admin/chats/{chat}", self.http_url());
+        let res = self
+            .http
+            .put(url)
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("admin put chat");
+        assert!(res.status().is_success(), "create chat: {}", res.status());
+        for member in members {
+            self.add_member(chat, member).await;
+        }
+    }
+
+    /// Adds `user` to `chat` through the admin API.
+    pub async fn add_member(&self, chat: &str, user: &str) {
+        let url = format!("{}/api/admin/chats/{chat}/members/{user}", self.http_url());
+        let res = self
+            .http
+            .put(url)
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("admin put member");
+        assert_eq!(res.status(), 204, "add member");
+    }
+
+    /// Removes `user` from `chat` through the admin API.
+    pub async fn remove_member(&self, chat: &str, user: &str) -> reqwest::StatusCode {
+        let url = format!("{}/api/admin/chats/{chat}/members/{user}", self.http_url());
+        let res = self
+            .http
+            .delete(url)
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("admin delete member");
+        res.status()
+    }
+
+    /// Sets `user`'s display name through the admin API.
+    pub async fn set_display_name(&self, user: &str, name: &str) {
+        let url = format!("{}/api/admin/users/{user}", self.http_url());
+        let res = self
+            .http
+            .put(url)
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({ "display_name": name }))
+            .send()
+            .await
+            .expect("admin put user");
+        assert_eq!(res.status(), 204, "set display name");
+    }
+
+    /// `GET /api/chats/{chat}/messages` with `query` (e.g. `?limit=2`) as `token`.
+    pub async fn history(&self, chat: &str, token: &str, query: &str) -> (reqwest::StatusCode, Value) {
+        let url = format!("{}/api/chats/{chat}/messages{query}", self.http_url());
+        let res = self
+            .http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("history request");
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let res = self
+            .http
+            .get(format!("{}/metrics", self.http_url()))
+            .send()
+            .await
+            .expect("metrics");
+        res.text().await.expect("metrics body")
+    }
+
+    /// The value of a metric line (`name` with labels, e.g. `hablar_closes_total{code="4408"}`).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
+    }
+
+    /// Shuts down gracefully and waits for `serve` to return.
+    pub async fn shutdown(mut self) -> hablar_server::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.expect("serve task panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Behavioural tests of the reference server over real sockets, each run per backend.
+
+mod chat;
