@@ -1,0 +1,737 @@
+//! The connection state machine: everything the SDK decides, with no I/O. The glue feeds
+//! it what happened (socket opened, frame, close code, timer, `online`) and the current
+//! time in ms, then carries out the [`Output`]s it queues and arms one timer for
+//! [`Machine::next_deadline`].
+
+use std::collections::VecDeque;
+
+use hablar_protocol::close::CloseAction;
+use hablar_protocol::CloseCode;
+
+use crate::backoff::{Backoff, Rng};
+use crate::outbox::{Outbox, OutboxFull};
+use crate::resume::Resume;
+use crate::typing::{Typer, Typers, TypingSender};
+
+/// Close code the SDK uses when it gives up on a socket itself (dead heartbeat,
+/// connect timeout). In the application range, so no server mistakes it for its own.
+pub const CLOSE_GIVING_UP: u16 = 4000;
+
+/// How long a message the server could not store (`unavailable`) waits before it is
+/// sent again on the same connection, in ms.
+const UNAVAILABLE_RETRY_MS: f64 = 2_000.0;
+
+/// Tunables, all in ms except the outbox size. The defaults are PROTOCOL.md's and the
+/// issue's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Ceiling of the first reconnect delay.
+    pub backoff_base_ms: f64,
+    /// Longest reconnect delay.
+    pub backoff_cap_ms: f64,
+    /// A connection up this long resets the attempt count.
+    pub stable_after_ms: f64,
+    /// An open socket without `ready` after this long is a base-layer peer: go `open`.
+    pub ready_timeout_ms: f64,
+    /// A socket attempt (token included) that takes longer is abandoned.
+    pub connect_timeout_ms: f64,
+    /// Idle time after which a `ping` is sent (extension peers only).
+    pub ping_interval_ms: f64,
+    /// No frame this long after a `ping` means the connection is dead.
+    pub pong_timeout_ms: f64,
+    /// Most messages waiting for their echo.
+    pub outbox_limit: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            backoff_base_ms: 500.0,
+            backoff_cap_ms: 30_000.0,
+            stable_after_ms: 10_000.0,
+            ready_timeout_ms: 2_000.0,
+            connect_timeout_ms: 15_000.0,
+            ping_interval_ms: 25_000.0,
+            pong_timeout_ms: 10_000.0,
+            outbox_limit: 100,
+        }
+    }
+}
+
+/// The connection state the app shows ("● Connected").
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    /// A connection attempt is under way; `attempt` is 0 for the first, then the number
+    /// of the reconnect attempt.
+    Connecting {
+        /// Which attempt.
+        attempt: u32,
+    },
+    /// Connected: sends go out at once.
+    Open,
+    /// Waiting `delay_ms` before reconnect attempt `attempt`.
+    Reconnecting {
+        /// Which attempt comes next (1-based).
+        attempt: u32,
+        /// How long the wait is.
+        delay_ms: f64,
+    },
+    /// Not connected and not trying: before `connect()` or after `close()`.
+    Closed,
+    /// Given up: reconnecting cannot help.
+    Failed {
+        /// The close code that decided it (4401, 4403, 4404).
+        code: u16,
+    },
+}
+
+/// A frame the glue must send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame<M> {
+    /// `typing_start`.
+    TypingStart,
+    /// `typing_stop`.
+    TypingStop,
+    /// `ping` (only to peers that sent `ready`).
+    Ping,
+    /// A message from the outbox, as the glue encoded it.
+    Message(M),
+}
+
+/// Why the app should reload history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadReason {
+    /// The server could not replay what was missed (`recovered: false`).
+    NotRecovered,
+    /// A reconnect to a peer without resume support (no `ready`): messages may be
+    /// missing.
+    NoResume,
+}
+
+/// Why a waiting send was rejected by the SDK itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The outbox is full.
+    OutboxFull,
+    /// The client was closed by the app.
+    Closed,
+    /// The connection failed for good.
+    Failed,
+}
+
+impl SendError {
+    /// The code the JS error carries.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::OutboxFull => "outbox_full",
+            Self::Closed => "closed",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// What the glue must do or tell the app, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output<M> {
+    /// Drop any current socket, get a token (a fresh one from the provider when
+    /// `refresh_token`) and open a socket, resuming from `since`/`epoch` when given.
+    Connect {
+        /// The last token was refused (4401): ask the provider again.
+        refresh_token: bool,
+        /// Resume point.
+        since: Option<(u64, String)>,
+    },
+    /// Close the current socket with `code` and ignore anything more from it.
+    Disconnect {
+        /// 1000 when the app closed, [`CLOSE_GIVING_UP`] when the SDK gave up on it.
+        code: u16,
+    },
+    /// Send a frame on the current socket.
+    Send(Frame<M>),
+    /// The connection state changed.
+    State(State),
+    /// The list of users typing changed.
+    Typers(Vec<Typer>),
+    /// The list of online users changed.
+    Presence(Vec<User>),
+    /// The app should reload history over HTTP.
+    ReloadHistory(ReloadReason),
+    /// A waiting send will not be delivered.
+    Reject {
+        /// The send's `client_id`.
+        client_id: String,
+        /// Why.
+        error: SendError,
+    },
+}
+
+/// A user as presence knows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Their id.
+    pub user_id: String,
+    /// Their display name.
+    pub username: String,
+}
+
+/// A server frame, decoded by the glue to the fields the decisions need.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// `ready` (extension).
+    Ready {
+        /// Who we are.
+        user_id: Option<String>,
+        /// The store identity.
+        epoch: Option<String>,
+        /// The newest seq.
+        last_seq: Option<u64>,
+        /// Whether the resume could be served.
+        recovered: bool,
+        /// Who is online.
+        presence: Vec<User>,
+    },
+    /// `new_message`.
+    Message {
+        /// Absent from base-layer peers.
+        seq: Option<u64>,
+        /// The message id.
+        id: Option<String>,
+        /// The sender's idempotency key.
+        client_id: Option<String>,
+        /// The sender's user id.
+        sender_id: Option<String>,
+    },
+    /// `typing_start`.
+    TypingStart(User),
+    /// `typing_stop`.
+    TypingStop {
+        /// Who stopped.
+        user_id: String,
+    },
+    /// `presence_join`.
+    PresenceJoin(User),
+    /// `presence_leave`.
+    PresenceLeave {
+        /// Who left.
+        user_id: String,
+    },
+    /// `error`.
+    Error {
+        /// The error code.
+        code: String,
+        /// The message it is about.
+        client_id: Option<String>,
+    },
+    /// `pong`, `read`, or a type this SDK does not know.
+    Other,
+}
+
+/// What the glue does with a frame it fed in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Hand the message to the app (it is new).
+    pub deliver: bool,
+    /// Resolve the send waiting for this `client_id` with this message.
+    pub resolve: bool,
+    /// Reject the send waiting for this `client_id` with this error.
+    pub reject: bool,
+}
+
+/// Where the connection is, with what each step waits for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Before the first `connect()`: sends are queued.
+    Idle,
+    /// Getting a token and opening a socket, given up at `deadline`.
+    Connecting { deadline: f64 },
+    /// Socket open, waiting for `ready` until `ready_by`.
+    Handshake { ready_by: f64 },
+    /// Connected since `since`.
+    Open { since: f64 },
+    /// Waiting to reconnect at `at`.
+    Waiting { at: f64 },
+    /// Closed by the app: sends are refused.
+    Closed,
+    /// Failed for good: sends are refused.
+    Failed,
+}
+
+/// The SDK's decisions for one chat connection. `M` is the encoded message the glue
+/// wants back when a message must be (re)sent.
+#[derive(Debug)]
+pub struct Machine<M> {
+    /// Tunables.
+    cfg: Config,
+    /// Where the connection is.
+    phase: Phase,
+    /// The last state told to the app, so each change is told once.
+    state: State,
+    /// Reconnect delays.
+    backoff: Backoff,
+    /// Jitter source.
+    rng: Rng,
+    /// A 4401 refresh was spent and no connection opened since: the next 4401 fails.
+    refreshed: bool,
+    /// The next attempt must ask the provider for a fresh token.
+    refresh_next: bool,
+    /// The peer sent `ready` on this connection: it speaks the extensions, so it
+    /// answers pings and missing pongs mean a dead connection.
+    extensions: bool,
+    /// Some connection was open before: a later open is a reconnect.
+    was_open: bool,
+    /// When to send the next ping (extension peers, while open).
+    ping_at: Option<f64>,
+    /// A ping is out: no frame by then means the connection is dead.
+    pong_by: Option<f64>,
+    /// Our typing lease.
+    typing: TypingSender,
+    /// Others' typing leases.
+    typers: Typers,
+    /// Who is online, as `ready` and `presence_*` said.
+    presence: Vec<User>,
+    /// Sends waiting for their echo.
+    outbox: Outbox<M>,
+    /// Resume position and dedupe.
+    resume: Resume,
+    /// Our user id from `ready` (authoritative).
+    ready_user: Option<String>,
+    /// Our user id from the options or the token, for base-layer peers.
+    user_hint: Option<String>,
+    /// What the glue must do next.
+    out: VecDeque<Output<M>>,
+}
+
+impl<M: Clone> Machine<M> {
+    /// A machine in state `closed`, jitter seeded with `seed`.
+    pub fn new(cfg: Config, seed: u64) -> Self {
+        Self {
+            backoff: Backoff::new(cfg.backoff_base_ms, cfg.backoff_cap_ms),
+            outbox: Outbox::new(cfg.outbox_limit),
+            cfg,
+            phase: Phase::Idle,
+            state: State::Closed,
+            rng: Rng::new(seed),
+            refreshed: false,
+            refresh_next: false,
+            extensions: false,
+            was_open: false,
+            ping_at: None,
+            pong_by: None,
+            typing: TypingSender::default(),
+            typers: Typers::default(),
+            presence: Vec::new(),
+            resume: Resume::default(),
+            ready_user: None,
+            user_hint: None,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The next thing for the glue to do.
+    pub fn poll(&mut self) -> Option<Output<M>> {
+        self.out.pop_front()
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Who is typing now (never ourselves).
+    pub fn typers(&self) -> &[Typer] {
+        self.typers.list()
+    }
+
+    /// Who is online.
+    pub fn presence(&self) -> &[User] {
+        &self.presence
+    }
+
+    /// Our user id: from `ready`, else from the options or the token.
+    pub fn user_id(&self) -> Option<&str> {
+        self.ready_user.as_deref().or(self.user_hint.as_deref())
+    }
+
+    /// The newest message seq delivered (for history requests).
+    pub fn last_seq(&self) -> Option<u64> {
+        self.resume.last_seq()
+    }
+
+    /// Sets our user id for peers that send no `ready` (option `userId`, or the JWT's
+    /// `user_id` claim).
+    pub fn set_user_hint(&mut self, user_id: String) {
+        self.user_hint = Some(user_id);
+    }
+
+    /// The app asked to connect. Starts at once from `closed` or `failed`; while
+    /// waiting to reconnect, tries now.
+    pub fn connect(&mut self, now: f64) {
+        match self.phase {
+            Phase::Idle | Phase::Closed | Phase::Failed => {
+                self.backoff.reset();
+                self.refreshed = false;
+                self.attempt(now);
+            }
+            Phase::Waiting { .. } => self.attempt(now),
+            Phase::Connecting { .. } | Phase::Handshake { .. } | Phase::Open { .. } => {}
+        }
+    }
+
+    /// The app closed the client: stop typing, close the socket, reject waiting sends.
+    pub fn close(&mut self) {
+        match self.phase {
+            Phase::Closed => return,
+            Phase::Open { .. } => {
+                if self.typing.stop() {
+                    self.out.push_back(Output::Send(Frame::TypingStop));
+                }
+                self.out.push_back(Output::Disconnect { code: 1000 });
+            }
+            Phase::Connecting { .. } | Phase::Handshake { .. } => {
+                self.out.push_back(Output::Disconnect { code: 1000 });
+            }
+            Phase::Idle | Phase::Waiting { .. } | Phase::Failed => {}
+        }
+        self.phase = Phase::Closed;
+        self.connection_gone();
+        self.set_state(State::Closed);
+        self.reject_all(SendError::Closed);
+    }
+
+    /// The app sends a message. It goes out now when open, else waits in the outbox.
+    /// Either way it stays there until its echo.
+    pub fn send(&mut self, client_id: String, payload: M) -> Result<(), SendError> {
+        match self.phase {
+            Phase::Closed => return Err(SendError::Closed),
+            Phase::Failed => return Err(SendError::Failed),
+            _ => {}
+        }
+        self.outbox
+            .push(client_id, payload.clone())
+            .map_err(|OutboxFull| SendError::OutboxFull)?;
+        if let Phase::Open { .. } = self.phase {
+            if self.typing.stop() {
+                self.out.push_back(Output::Send(Frame::TypingStop));
+            }
+            self.out.push_back(Output::Send(Frame::Message(payload)));
+        }
+        Ok(())
+    }
+
+    /// A keystroke. Typing is only sent while open, never queued.
+    pub fn keystroke(&mut self, now: f64) {
+        if let Phase::Open { .. } = self.phase {
+            if self.typing.keystroke(now) {
+                self.out.push_back(Output::Send(Frame::TypingStart));
+            }
+        }
+    }
+
+    /// Typing ended (input blurred or cleared).
+    pub fn stop_typing(&mut self) {
+        if self.typing.stop() {
+            if let Phase::Open { .. } = self.phase {
+                self.out.push_back(Output::Send(Frame::TypingStop));
+            }
+        }
+    }
+
+    /// The socket of the current attempt opened.
+    pub fn on_socket_open(&mut self, now: f64) {
+        if let Phase::Connecting { .. } = self.phase {
+            self.phase = Phase::Handshake {
+                ready_by: now + self.cfg.ready_timeout_ms,
+            };
+        }
+    }
+
+    /// The current socket closed with `code` (1006 when the browser saw no close frame).
+    pub fn on_socket_close(&mut self, now: f64, code: u16) {
+        if let Phase::Connecting { .. } | Phase::Handshake { .. } | Phase::Open { .. } = self.phase {
+            self.lost(now, code);
+        }
+    }
+
+    /// No token could be had, or the socket could not even be created: a network-like
+    /// failure, retried with backoff.
+    pub fn on_connect_error(&mut self, now: f64) {
+        if let Phase::Connecting { .. } = self.phase {
+            self.lost(now, CloseCode::Abnormal.as_u16());
+        }
+    }
+
+    /// The browser is back online (`online` event).
+    pub fn on_online(&mut self, now: f64) {
+        self.wake(now);
+    }
+
+    /// The tab became visible again.
+    pub fn on_visible(&mut self, now: f64) {
+        self.wake(now);
+    }
+
+    /// A frame from the current socket.
+    pub fn on_frame(&mut self, now: f64, frame: Incoming) -> Verdict {
+        if !matches!(self.phase, Phase::Handshake { .. } | Phase::Open { .. }) {
+            return Verdict::default();
+        }
+        // Any frame proves the connection alive.
+        self.pong_by = None;
+        if self.extensions {
+            self.ping_at = Some(now + self.cfg.ping_interval_ms);
+        }
+        let mut verdict = Verdict::default();
+        match frame {
+            Incoming::Ready {
+                user_id,
+                epoch,
+                last_seq,
+                recovered,
+                presence,
+            } => {
+                self.extensions = true;
+                self.ping_at = Some(now + self.cfg.ping_interval_ms);
+                if user_id.is_some() {
+                    self.ready_user = user_id;
+                }
+                let reload = self.resume.on_ready(epoch.as_deref(), last_seq, recovered);
+                self.presence = presence;
+                self.out.push_back(Output::Presence(self.presence.clone()));
+                if let Phase::Handshake { .. } = self.phase {
+                    self.enter_open(now);
+                }
+                if reload {
+                    self.out
+                        .push_back(Output::ReloadHistory(ReloadReason::NotRecovered));
+                }
+            }
+            Incoming::Message {
+                seq,
+                id,
+                client_id,
+                sender_id,
+            } => {
+                if let Some(sender) = sender_id {
+                    self.typer_stopped(&sender);
+                }
+                if let Some(client_id) = client_id {
+                    verdict.resolve = self.outbox.ack(&client_id);
+                }
+                verdict.deliver = self.resume.on_message(seq, id.as_deref());
+            }
+            Incoming::TypingStart(user) => {
+                let own = self.user_id() == Some(user.user_id.as_str());
+                if !own && self.typers.start(&user.user_id, &user.username, now) {
+                    self.emit_typers();
+                }
+            }
+            Incoming::TypingStop { user_id } => self.typer_stopped(&user_id),
+            Incoming::PresenceJoin(user) => {
+                if !self.presence.iter().any(|u| u.user_id == user.user_id) {
+                    self.presence.push(user);
+                    self.out.push_back(Output::Presence(self.presence.clone()));
+                }
+            }
+            Incoming::PresenceLeave { user_id } => {
+                self.typer_stopped(&user_id);
+                let before = self.presence.len();
+                self.presence.retain(|u| u.user_id != user_id);
+                if self.presence.len() != before {
+                    self.out.push_back(Output::Presence(self.presence.clone()));
+                }
+            }
+            Incoming::Error { code, client_id } => {
+                if let Some(client_id) = client_id {
+                    if code == "unavailable" {
+                        // Not stored: the same client_id again later is safe.
+                        self.outbox.retry_at(&client_id, now + UNAVAILABLE_RETRY_MS);
+                    } else {
+                        verdict.reject = self.outbox.remove(&client_id);
+                    }
+                }
+            }
+            Incoming::Other => {}
+        }
+        verdict
+    }
+
+    /// Time passed: fire whatever is due at `now`.
+    pub fn tick(&mut self, now: f64) {
+        match self.phase {
+            Phase::Waiting { at } if now >= at => self.attempt(now),
+            Phase::Connecting { deadline } if now >= deadline => {
+                self.out.push_back(Output::Disconnect {
+                    code: CLOSE_GIVING_UP,
+                });
+                self.lost(now, CloseCode::Abnormal.as_u16());
+            }
+            Phase::Handshake { ready_by } if now >= ready_by => self.enter_open(now),
+            Phase::Open { .. } => {
+                if self.pong_by.is_some_and(|by| now >= by) {
+                    // The browser has not noticed, but the peer is gone.
+                    self.out.push_back(Output::Disconnect {
+                        code: CLOSE_GIVING_UP,
+                    });
+                    self.lost(now, CloseCode::Abnormal.as_u16());
+                } else {
+                    if self.ping_at.is_some_and(|at| now >= at) {
+                        self.send_ping(now);
+                    }
+                    if self.typing.poll(now) {
+                        self.out.push_back(Output::Send(Frame::TypingStop));
+                    }
+                    for payload in self.outbox.due(now) {
+                        self.out.push_back(Output::Send(Frame::Message(payload)));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if self.typers.expire(now) {
+            self.emit_typers();
+        }
+    }
+
+    /// When [`Machine::tick`] next has something to do.
+    pub fn next_deadline(&self) -> Option<f64> {
+        let phase = match self.phase {
+            Phase::Waiting { at } => Some(at),
+            Phase::Connecting { deadline } => Some(deadline),
+            Phase::Handshake { ready_by } => Some(ready_by),
+            _ => None,
+        };
+        let open = if let Phase::Open { .. } = self.phase {
+            [
+                self.ping_at,
+                self.pong_by,
+                self.typing.deadline(),
+                self.outbox.next_retry(),
+            ]
+        } else {
+            [None; 4]
+        };
+        phase
+            .into_iter()
+            .chain(open.into_iter().flatten())
+            .chain(self.typers.next_expiry())
+            .reduce(f64::min)
+    }
+
+    /// Starts a connection attempt.
+    fn attempt(&mut self, now: f64) {
+        self.phase = Phase::Connecting {
+            deadline: now + self.cfg.connect_timeout_ms,
+        };
+        self.set_state(State::Connecting {
+            attempt: self.backoff.attempt(),
+        });
+        let since = self.resume.query().map(|(seq, epoch)| (seq, epoch.to_owned()));
+        self.out.push_back(Output::Connect {
+            refresh_token: std::mem::take(&mut self.refresh_next),
+            since,
+        });
+    }
+
+    /// The socket is usable: tell the app and send everything waiting.
+    fn enter_open(&mut self, now: f64) {
+        self.phase = Phase::Open { since: now };
+        self.refreshed = false;
+        self.set_state(State::Open);
+        if self.was_open && !self.extensions {
+            // A base-layer peer cannot replay what we missed.
+            self.out.push_back(Output::ReloadHistory(ReloadReason::NoResume));
+        }
+        self.was_open = true;
+        for payload in self.outbox.resend_all() {
+            self.out.push_back(Output::Send(Frame::Message(payload)));
+        }
+    }
+
+    /// The socket is gone, not by the app's wish: decide between reconnecting, a token
+    /// refresh and giving up.
+    fn lost(&mut self, now: f64, code: u16) {
+        if let Phase::Open { since } = self.phase {
+            if now - since >= self.cfg.stable_after_ms {
+                self.backoff.reset();
+            }
+        }
+        self.connection_gone();
+        match CloseCode::from_u16(code).action() {
+            CloseAction::Fail => self.fail(code),
+            CloseAction::RefreshToken if !self.refreshed => {
+                self.refreshed = true;
+                self.refresh_next = true;
+                self.attempt(now);
+            }
+            CloseAction::RefreshToken => self.fail(code),
+            // A 1000 the app did not ask for (we would be `Closed`) is treated like any
+            // other drop: staying silently offline is the worse failure.
+            CloseAction::Stop | CloseAction::Reconnect => {
+                let (attempt, delay_ms) = self.backoff.next_delay(self.rng.next_unit());
+                self.phase = Phase::Waiting { at: now + delay_ms };
+                self.set_state(State::Reconnecting { attempt, delay_ms });
+            }
+        }
+    }
+
+    /// Per-connection state that dies with the socket.
+    fn connection_gone(&mut self) {
+        self.typing.reset();
+        self.extensions = false;
+        self.ping_at = None;
+        self.pong_by = None;
+        if self.typers.clear() {
+            self.emit_typers();
+        }
+    }
+
+    fn fail(&mut self, code: u16) {
+        self.phase = Phase::Failed;
+        self.set_state(State::Failed { code });
+        self.reject_all(SendError::Failed);
+    }
+
+    /// `online` or the tab is visible: reconnect now rather than after the delay, or
+    /// check an open connection that may have died while the tab slept.
+    fn wake(&mut self, now: f64) {
+        match self.phase {
+            Phase::Waiting { .. } => self.attempt(now),
+            Phase::Open { .. } if self.extensions && self.pong_by.is_none() => {
+                self.send_ping(now);
+            }
+            _ => {}
+        }
+    }
+
+    fn send_ping(&mut self, now: f64) {
+        self.out.push_back(Output::Send(Frame::Ping));
+        self.ping_at = None;
+        self.pong_by = Some(now + self.cfg.pong_timeout_ms);
+    }
+
+    fn typer_stopped(&mut self, user_id: &str) {
+        if self.typers.stop(user_id) {
+            self.emit_typers();
+        }
+    }
+
+    fn emit_typers(&mut self) {
+        self.out.push_back(Output::Typers(self.typers.list().to_vec()));
+    }
+
+    fn reject_all(&mut self, error: SendError) {
+        for client_id in self.outbox.drain_ids() {
+            self.out.push_back(Output::Reject { client_id, error });
+        }
+    }
+
+    fn set_state(&mut self, state: State) {
+        if self.state != state {
+            self.state = state.clone();
+            self.out.push_back(Output::State(state));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

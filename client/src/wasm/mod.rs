@@ -1,0 +1,703 @@
+//! The browser glue: the `HablarClient` JS class. It feeds the [`Machine`] what the
+//! browser reports (socket events, one timer, `online`, `visibilitychange`) with
+//! `Date.now()`, and carries out the machine's [`Output`]s. It decides nothing itself.
+
+mod decode;
+mod js;
+mod socket;
+mod types;
+
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+
+use hablar_protocol::limits::{MAX_CLIENT_ID_CHARS, MAX_CONTENT_CHARS};
+use hablar_protocol::{ChatId, CloseCode};
+use js_sys::{Function, Object, Promise, JSON};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::EventTarget;
+
+use self::js::{get, get_ms, get_str, now, object, set};
+use self::socket::Socket;
+use self::types::{
+    ChatUsers, ConnectionState, ErrorListener, HablarOptions, MessageListener, MessagePromise,
+    OutgoingMessage, ReloadHistoryListener, StateListener, Unsubscribe, UsersListener,
+};
+use crate::machine::{Config, Frame, Incoming, Machine, Output, ReloadReason, State, User};
+
+/// What the app subscribed to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topic {
+    State,
+    Message,
+    Typing,
+    Presence,
+    Error,
+    ReloadHistory,
+}
+
+/// One listener.
+struct Subscription {
+    id: u32,
+    topic: Topic,
+    listener: Function,
+}
+
+/// A `send()` promise waiting for its echo.
+struct PendingSend {
+    client_id: String,
+    resolve: Function,
+    reject: Function,
+}
+
+/// Where tokens come from.
+enum TokenSource {
+    /// A fixed token (a refresh gets the same one, so a second 4401 fails).
+    Fixed(String),
+    /// `() => string | Promise<string>`, called on the first connect and on 4401.
+    Provider(Function),
+}
+
+/// The `online` and `visibilitychange` listeners, removed on drop.
+struct PageListeners {
+    global: EventTarget,
+    document: Option<EventTarget>,
+    on_online: Closure<dyn FnMut()>,
+    on_visibility: Closure<dyn FnMut()>,
+}
+
+impl Drop for PageListeners {
+    fn drop(&mut self) {
+        let _ = self
+            .global
+            .remove_event_listener_with_callback("online", self.on_online.as_ref().unchecked_ref());
+        if let Some(doc) = &self.document {
+            let _ = doc.remove_event_listener_with_callback(
+                "visibilitychange",
+                self.on_visibility.as_ref().unchecked_ref(),
+            );
+        }
+    }
+}
+
+/// The client's state, shared (weakly) with every callback.
+pub struct Inner {
+    /// Ourselves, for callbacks created later.
+    me: Weak<Inner>,
+    /// Every decision.
+    machine: RefCell<Machine<String>>,
+    /// `ws://host[:port]` without a trailing slash.
+    base_url: String,
+    /// The chat, already validated.
+    chat_id: String,
+    /// Where tokens come from.
+    token: TokenSource,
+    /// The token last obtained; reused on reconnects until a 4401 asks for a new one.
+    cached_token: RefCell<Option<String>>,
+    /// The app gave `userId`: the JWT is not consulted.
+    user_from_options: bool,
+    /// The socket of the current attempt.
+    socket: RefCell<Option<Socket>>,
+    /// Counts connection attempts, so a token that arrives for an abandoned attempt
+    /// is not used to open a socket.
+    attempt_gen: Cell<u32>,
+    /// The one wake-up timer (`setTimeout` id) and when it fires.
+    timer: RefCell<Option<(JsValue, f64)>>,
+    /// The timer's callback, created once and reused for every re-arm.
+    timer_callback: Closure<dyn FnMut()>,
+    /// `online` / `visibilitychange` (absent outside a page).
+    _page: Option<PageListeners>,
+    /// App listeners.
+    subscriptions: RefCell<Vec<Subscription>>,
+    /// The next subscription id.
+    next_subscription: Cell<u32>,
+    /// `send()` promises waiting for their echo.
+    pending: RefCell<Vec<PendingSend>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some((id, _)) = self.timer.borrow_mut().take() {
+            js::clear_timeout(&id);
+        }
+    }
+}
+
+/// A live connection to one chat. See the package README for a complete example.
+#[wasm_bindgen]
+pub struct HablarClient {
+    inner: Rc<Inner>,
+}
+
+#[wasm_bindgen]
+impl HablarClient {
+    /// Creates a client; nothing happens on the network until `connect()`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(options: HablarOptions) -> Result<HablarClient, JsError> {
+        let options: JsValue = options.into();
+        let url = get_str(&options, "url").ok_or_else(|| JsError::new("options.url must be a string"))?;
+        let chat_id = get_str(&options, "chatId")
+            .filter(|id| ChatId::new(id.as_str()).is_ok())
+            .ok_or_else(|| JsError::new("options.chatId must be 1-128 characters of [A-Za-z0-9_-]"))?;
+        let token = get(&options, "token");
+        let token = if let Some(fixed) = token.as_string() {
+            TokenSource::Fixed(fixed)
+        } else if let Some(provider) = js::as_function(&token) {
+            TokenSource::Provider(provider)
+        } else {
+            return Err(JsError::new("options.token must be a string or a function"));
+        };
+        let defaults = Config::default();
+        let config = Config {
+            backoff_base_ms: get_ms(&options, "backoffBaseMs", defaults.backoff_base_ms),
+            backoff_cap_ms: get_ms(&options, "backoffCapMs", defaults.backoff_cap_ms),
+            stable_after_ms: get_ms(&options, "stableAfterMs", defaults.stable_after_ms),
+            ready_timeout_ms: get_ms(&options, "readyTimeoutMs", defaults.ready_timeout_ms),
+            connect_timeout_ms: get_ms(&options, "connectTimeoutMs", defaults.connect_timeout_ms),
+            ping_interval_ms: get_ms(&options, "pingIntervalMs", defaults.ping_interval_ms),
+            pong_timeout_ms: get_ms(&options, "pongTimeoutMs", defaults.pong_timeout_ms),
+            outbox_limit: get_ms(&options, "outboxLimit", defaults.outbox_limit as f64) as usize,
+        };
+        let mut machine = Machine::new(config, js::random_seed());
+        let user_id = get_str(&options, "userId");
+        let user_from_options = user_id.is_some();
+        if let Some(user_id) = user_id {
+            machine.set_user_hint(user_id);
+        }
+        let inner = Rc::new_cyclic(|me: &Weak<Inner>| {
+            let weak = me.clone();
+            let timer_callback = Closure::<dyn FnMut()>::new(move || {
+                if let Some(inner) = weak.upgrade() {
+                    inner.on_timer();
+                }
+            });
+            Inner {
+                me: me.clone(),
+                machine: RefCell::new(machine),
+                base_url: ws_base(&url),
+                chat_id,
+                token,
+                cached_token: RefCell::new(None),
+                user_from_options,
+                socket: RefCell::new(None),
+                attempt_gen: Cell::new(0),
+                timer: RefCell::new(None),
+                timer_callback,
+                _page: page_listeners(me),
+                subscriptions: RefCell::new(Vec::new()),
+                next_subscription: Cell::new(0),
+                pending: RefCell::new(Vec::new()),
+            }
+        });
+        Ok(HablarClient { inner })
+    }
+
+    /// Connects, and keeps reconnecting until `close()` or a `failed` state.
+    pub fn connect(&self) {
+        self.inner.machine.borrow_mut().connect(now());
+        self.inner.pump();
+    }
+
+    /// Closes the connection for good: sends `typing_stop` if typing, and rejects every
+    /// send still waiting with code `closed`. `connect()` starts again.
+    pub fn close(&self) {
+        self.inner.machine.borrow_mut().close();
+        self.inner.pump();
+    }
+
+    /// Sends a message. Resolves with the server's message (the echo matched by
+    /// `client_id`); rejects with a `HablarError` (`outbox_full`, `invalid_message`,
+    /// `closed`, `failed`, or the server's error code). While offline the message waits
+    /// in the outbox and is sent on reconnect with the same `client_id`.
+    pub fn send(&self, message: OutgoingMessage) -> MessagePromise {
+        let message: JsValue = message.into();
+        let content_chars = get_str(&message, "content")
+            .map(|c| c.trim().chars().count())
+            .unwrap_or(0);
+        if content_chars == 0 || content_chars > MAX_CONTENT_CHARS {
+            let err = js::error("invalid_message", "content must be 1-4000 characters", None);
+            return Promise::reject(&err).unchecked_into();
+        }
+        let client_id = get_str(&message, "client_id")
+            .filter(|id| (1..=MAX_CLIENT_ID_CHARS).contains(&id.chars().count()))
+            .unwrap_or_else(js::new_client_id);
+        let body: JsValue = Object::assign(&Object::new(), message.unchecked_ref()).into();
+        set(&body, "client_id", &JsValue::from_str(&client_id));
+        let frame = object();
+        set(
+            &frame,
+            "type",
+            &JsValue::from_str(hablar_protocol::types::NEW_MESSAGE),
+        );
+        set(&frame, "message", &body);
+        let Some(text) = JSON::stringify(&frame).ok().and_then(|s| s.as_string()) else {
+            let err = js::error("invalid_message", "message is not serialisable", None);
+            return Promise::reject(&err).unchecked_into();
+        };
+        let mut settle = None;
+        let promise = Promise::new(&mut |resolve, reject| settle = Some((resolve, reject)));
+        let Some((resolve, reject)) = settle else {
+            return promise.unchecked_into();
+        };
+        let sent = self.inner.machine.borrow_mut().send(client_id.clone(), text);
+        match sent {
+            Ok(()) => self.inner.pending.borrow_mut().push(PendingSend {
+                client_id,
+                resolve,
+                reject,
+            }),
+            Err(e) => js::call(
+                &reject,
+                &js::error(e.code(), send_error_detail(e.code()), Some(&client_id)),
+            ),
+        }
+        self.inner.pump();
+        promise.unchecked_into()
+    }
+
+    /// Call on every keystroke: sends at most one `typing_start` per 3 s, and
+    /// `typing_stop` after 2 s without a keystroke. Ignored while not connected.
+    pub fn typing(&self) {
+        self.inner.machine.borrow_mut().keystroke(now());
+        self.inner.pump();
+    }
+
+    /// Typing ended without a send (input cleared or blurred): sends `typing_stop`.
+    #[wasm_bindgen(js_name = "stopTyping")]
+    pub fn stop_typing(&self) {
+        self.inner.machine.borrow_mut().stop_typing();
+        self.inner.pump();
+    }
+
+    /// The connection state now.
+    #[wasm_bindgen(getter)]
+    pub fn state(&self) -> ConnectionState {
+        state_js(self.inner.machine.borrow().state()).unchecked_into()
+    }
+
+    /// Who is typing now (never the user themself).
+    #[wasm_bindgen(getter, js_name = "typingUsers")]
+    pub fn typing_users(&self) -> ChatUsers {
+        let machine = self.inner.machine.borrow();
+        users_js(machine.typers().iter().map(|t| (&t.user_id, &t.username))).unchecked_into()
+    }
+
+    /// Who is online now (from `ready` and presence events; empty with base-layer peers).
+    #[wasm_bindgen(getter)]
+    pub fn presence(&self) -> ChatUsers {
+        let machine = self.inner.machine.borrow();
+        users_js(machine.presence().iter().map(|u| (&u.user_id, &u.username))).unchecked_into()
+    }
+
+    /// The user's id: from `ready`, the `userId` option, or the token's `user_id` claim.
+    #[wasm_bindgen(getter, js_name = "userId")]
+    pub fn user_id(&self) -> Option<String> {
+        self.inner.machine.borrow().user_id().map(str::to_owned)
+    }
+
+    /// The newest message `seq` received (use as `before` bound when reloading history).
+    #[wasm_bindgen(getter, js_name = "lastSeq")]
+    pub fn last_seq(&self) -> Option<f64> {
+        self.inner.machine.borrow().last_seq().map(|s| s as f64)
+    }
+
+    /// `listener(state)` on every connection state change.
+    #[wasm_bindgen(js_name = "onState")]
+    pub fn on_state(&self, listener: StateListener) -> Result<Unsubscribe, JsError> {
+        self.subscribe(Topic::State, listener.into())
+    }
+
+    /// `listener(message)` for every new message, own echoes included, once each, in
+    /// order.
+    #[wasm_bindgen(js_name = "onMessage")]
+    pub fn on_message(&self, listener: MessageListener) -> Result<Unsubscribe, JsError> {
+        self.subscribe(Topic::Message, listener.into())
+    }
+
+    /// `listener(users)` whenever the list of users typing changes.
+    #[wasm_bindgen(js_name = "onTyping")]
+    pub fn on_typing(&self, listener: UsersListener) -> Result<Unsubscribe, JsError> {
+        self.subscribe(Topic::Typing, listener.into())
+    }
+
+    /// `listener(users)` whenever the list of online users changes.
+    #[wasm_bindgen(js_name = "onPresence")]
+    pub fn on_presence(&self, listener: UsersListener) -> Result<Unsubscribe, JsError> {
+        self.subscribe(Topic::Presence, listener.into())
+    }
+
+    /// `listener(error)` for every `error` event from the server.
+    #[wasm_bindgen(js_name = "onError")]
+    pub fn on_error(&self, listener: ErrorListener) -> Result<Unsubscribe, JsError> {
+        self.subscribe(Topic::Error, listener.into())
+    }
+
+    /// `listener({ reason })` when messages may have been missed and history should be
+    /// reloaded over HTTP.
+    #[wasm_bindgen(js_name = "onReloadHistory")]
+    pub fn on_reload_history(&self, listener: ReloadHistoryListener) -> Result<Unsubscribe, JsError> {
+        self.subscribe(Topic::ReloadHistory, listener.into())
+    }
+}
+
+impl HablarClient {
+    fn subscribe(&self, topic: Topic, listener: JsValue) -> Result<Unsubscribe, JsError> {
+        let listener =
+            js::as_function(&listener).ok_or_else(|| JsError::new("listener must be a function"))?;
+        let id = self.inner.next_subscription.get();
+        self.inner.next_subscription.set(id.wrapping_add(1));
+        self.inner
+            .subscriptions
+            .borrow_mut()
+            .push(Subscription { id, topic, listener });
+        let weak = Rc::downgrade(&self.inner);
+        let unsubscribe = Closure::once_into_js(move || {
+            if let Some(inner) = weak.upgrade() {
+                inner.subscriptions.borrow_mut().retain(|s| s.id != id);
+            }
+        });
+        Ok(unsubscribe.unchecked_into())
+    }
+}
+
+impl Inner {
+    /// Carries out everything the machine queued, then re-arms the timer. Borrows are
+    /// released before any app listener runs, so listeners may call the client.
+    fn pump(&self) {
+        loop {
+            let next = self.machine.borrow_mut().poll();
+            let Some(output) = next else { break };
+            self.execute(output);
+        }
+        self.arm_timer();
+    }
+
+    fn execute(&self, output: Output<String>) {
+        match output {
+            Output::Connect { refresh_token, since } => self.start_attempt(refresh_token, since),
+            Output::Disconnect { code } => {
+                self.attempt_gen.set(self.attempt_gen.get().wrapping_add(1));
+                if let Some(socket) = self.take_socket() {
+                    socket.close(code);
+                }
+            }
+            Output::Send(frame) => {
+                let text = match &frame {
+                    Frame::TypingStart => r#"{"type":"typing_start"}"#,
+                    Frame::TypingStop => r#"{"type":"typing_stop"}"#,
+                    Frame::Ping => r#"{"type":"ping"}"#,
+                    Frame::Message(text) => text.as_str(),
+                };
+                if let Some(socket) = self.socket.borrow().as_ref() {
+                    socket.send(text);
+                }
+            }
+            Output::State(state) => self.emit(Topic::State, &state_js(&state)),
+            Output::Typers(typers) => self.emit(
+                Topic::Typing,
+                &users_js(typers.iter().map(|t| (&t.user_id, &t.username))),
+            ),
+            Output::Presence(users) => self.emit(
+                Topic::Presence,
+                &users_js(users.iter().map(|u: &User| (&u.user_id, &u.username))),
+            ),
+            Output::ReloadHistory(reason) => {
+                let event = object();
+                let reason = match reason {
+                    ReloadReason::NotRecovered => "not_recovered",
+                    ReloadReason::NoResume => "no_resume",
+                };
+                set(&event, "reason", &JsValue::from_str(reason));
+                self.emit(Topic::ReloadHistory, &event);
+            }
+            Output::Reject { client_id, error } => {
+                let err = js::error(error.code(), send_error_detail(error.code()), Some(&client_id));
+                self.settle(&client_id, Err(err));
+            }
+        }
+    }
+
+    /// Gets a token (cached, fixed, or from the provider) and opens a socket.
+    fn start_attempt(&self, refresh_token: bool, since: Option<(u64, String)>) {
+        let generation = self.attempt_gen.get().wrapping_add(1);
+        self.attempt_gen.set(generation);
+        drop(self.take_socket());
+        if refresh_token {
+            self.cached_token.replace(None);
+        }
+        let cached = self.cached_token.borrow().clone();
+        if let Some(token) = cached {
+            return self.open_socket(&token, since);
+        }
+        match &self.token {
+            TokenSource::Fixed(token) => self.token_arrived(token.clone(), since),
+            TokenSource::Provider(provider) => {
+                let Ok(value) = provider.call0(&JsValue::NULL) else {
+                    return self.machine.borrow_mut().on_connect_error(now());
+                };
+                if let Some(token) = value.as_string() {
+                    return self.token_arrived(token, since);
+                }
+                let weak = self.me.clone();
+                wasm_bindgen_futures::spawn_local(async move {
+                    let result = JsFuture::from(Promise::resolve(&value)).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    if inner.attempt_gen.get() != generation {
+                        return; // the attempt was abandoned meanwhile
+                    }
+                    match result.ok().and_then(|v| v.as_string()) {
+                        Some(token) => inner.token_arrived(token, since),
+                        None => inner.machine.borrow_mut().on_connect_error(now()),
+                    }
+                    inner.pump();
+                });
+            }
+        }
+    }
+
+    fn token_arrived(&self, token: String, since: Option<(u64, String)>) {
+        if !self.user_from_options {
+            if let Some(user_id) = js::jwt_user_id(&token) {
+                self.machine.borrow_mut().set_user_hint(user_id);
+            }
+        }
+        self.open_socket(&token, since);
+        self.cached_token.replace(Some(token));
+    }
+
+    fn open_socket(&self, token: &str, since: Option<(u64, String)>) {
+        let mut url = String::with_capacity(self.base_url.len() + token.len() + 64);
+        url.push_str(&self.base_url);
+        url.push_str("/ws/chat/");
+        url.push_str(&self.chat_id);
+        url.push_str("/?token=");
+        url.push_str(&String::from(js_sys::encode_uri_component(token)));
+        if let Some((seq, epoch)) = since {
+            url.push_str("&since=");
+            js::push_u64(&mut url, seq);
+            url.push_str("&epoch=");
+            url.push_str(&String::from(js_sys::encode_uri_component(&epoch)));
+        }
+        match Socket::open(&url, &self.me) {
+            Ok(socket) => {
+                self.socket.replace(Some(socket));
+            }
+            Err(_) => self.machine.borrow_mut().on_connect_error(now()),
+        }
+    }
+
+    /// Takes the current socket out, unhooked. Its handlers' closures are dropped after
+    /// the current callback returns (one of them may be running now).
+    fn take_socket(&self) -> Option<DeferredDrop> {
+        let socket = self.socket.borrow_mut().take()?;
+        socket.unhook();
+        Some(DeferredDrop(Some(socket)))
+    }
+
+    fn on_socket_open(&self) {
+        self.machine.borrow_mut().on_socket_open(now());
+        self.pump();
+    }
+
+    fn on_socket_close(&self, code: u16) {
+        drop(self.take_socket());
+        self.machine.borrow_mut().on_socket_close(now(), code);
+        self.pump();
+    }
+
+    fn on_socket_frame(&self, text: &str) {
+        let Some((frame, incoming)) = decode::decode(text) else {
+            return;
+        };
+        let (client_id, is_error) = match &incoming {
+            Incoming::Message { client_id, .. } => (client_id.clone(), false),
+            Incoming::Error { client_id, .. } => (client_id.clone(), true),
+            _ => (None, false),
+        };
+        let verdict = self.machine.borrow_mut().on_frame(now(), incoming);
+        if is_error {
+            let code = get_str(&frame, "code").unwrap_or_default();
+            let detail = get_str(&frame, "detail").unwrap_or_default();
+            let err = js::error(&code, &detail, client_id.as_deref());
+            if let (true, Some(id)) = (verdict.reject, &client_id) {
+                self.settle(id, Err(err.clone()));
+            }
+            self.emit(Topic::Error, &err);
+        } else {
+            let message = get(&frame, "message");
+            if let (true, Some(id)) = (verdict.resolve, &client_id) {
+                self.settle(id, Ok(message.clone()));
+            }
+            if verdict.deliver {
+                self.emit(Topic::Message, &message);
+            }
+        }
+        self.pump();
+    }
+
+    fn on_timer(&self) {
+        self.timer.replace(None);
+        self.machine.borrow_mut().tick(now());
+        self.pump();
+    }
+
+    /// Keeps exactly one `setTimeout` armed for the machine's next deadline.
+    fn arm_timer(&self) {
+        let next = self.machine.borrow().next_deadline();
+        let mut timer = self.timer.borrow_mut();
+        if timer.as_ref().map(|(_, at)| *at) == next {
+            return;
+        }
+        if let Some((id, _)) = timer.take() {
+            js::clear_timeout(&id);
+        }
+        if let Some(at) = next {
+            let delay = (at - now()).max(0.0);
+            let id = js::set_timeout(self.timer_callback.as_ref().unchecked_ref(), delay);
+            *timer = Some((id, at));
+        }
+    }
+
+    fn emit(&self, topic: Topic, payload: &JsValue) {
+        let listeners: Vec<Function> = self
+            .subscriptions
+            .borrow()
+            .iter()
+            .filter(|s| s.topic == topic)
+            .map(|s| s.listener.clone())
+            .collect();
+        for listener in &listeners {
+            js::call(listener, payload);
+        }
+    }
+
+    /// Resolves or rejects the `send()` promise of `client_id`.
+    fn settle(&self, client_id: &str, result: Result<JsValue, JsValue>) {
+        let pending = {
+            let mut list = self.pending.borrow_mut();
+            let Some(i) = list.iter().position(|p| p.client_id == client_id) else {
+                return;
+            };
+            list.swap_remove(i)
+        };
+        match result {
+            Ok(message) => js::call(&pending.resolve, &message),
+            Err(err) => js::call(&pending.reject, &err),
+        }
+    }
+}
+
+/// A socket whose drop waits for a microtask: dropping a `Closure` while it runs is not
+/// allowed, and a close handler is exactly where sockets are let go.
+struct DeferredDrop(Option<Socket>);
+
+impl DeferredDrop {
+    fn close(&self, code: u16) {
+        if let Some(socket) = &self.0 {
+            socket.close(code);
+        }
+    }
+}
+
+impl Drop for DeferredDrop {
+    fn drop(&mut self) {
+        if let Some(socket) = self.0.take() {
+            wasm_bindgen_futures::spawn_local(async move { drop(socket) });
+        }
+    }
+}
+
+/// Registers the `online` and `visibilitychange` listeners, where the host has them.
+fn page_listeners(me: &Weak<Inner>) -> Option<PageListeners> {
+    let global: EventTarget = js_sys::global().dyn_into().ok()?;
+    let weak = me.clone();
+    let on_online = Closure::<dyn FnMut()>::new(move || {
+        if let Some(inner) = weak.upgrade() {
+            inner.machine.borrow_mut().on_online(now());
+            inner.pump();
+        }
+    });
+    let document: Option<EventTarget> = get(&global, "document").dyn_into().ok();
+    let weak = me.clone();
+    let doc = document.clone();
+    let on_visibility = Closure::<dyn FnMut()>::new(move || {
+        let hidden = doc.as_ref().and_then(|d| get(d, "hidden").as_bool());
+        if let (Some(inner), Some(false)) = (weak.upgrade(), hidden) {
+            inner.machine.borrow_mut().on_visible(now());
+            inner.pump();
+        }
+    });
+    let _ = global.add_event_listener_with_callback("online", on_online.as_ref().unchecked_ref());
+    if let Some(doc) = &document {
+        let _ =
+            doc.add_event_listener_with_callback("visibilitychange", on_visibility.as_ref().unchecked_ref());
+    }
+    Some(PageListeners {
+        global,
+        document,
+        on_online,
+        on_visibility,
+    })
+}
+
+/// `http(s)://` becomes `ws(s)://`; a trailing slash goes.
+fn ws_base(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    if let Some(rest) = url.strip_prefix("http") {
+        let mut ws = String::from("ws");
+        ws.push_str(rest);
+        ws
+    } else {
+        url.to_owned()
+    }
+}
+
+fn send_error_detail(code: &str) -> &'static str {
+    match code {
+        "outbox_full" => "too many messages waiting to be sent",
+        "closed" => "the client was closed before the message was delivered",
+        _ => "the connection failed before the message was delivered",
+    }
+}
+
+/// `{ state, ... }` as the TypeScript `ConnectionState` says.
+fn state_js(state: &State) -> JsValue {
+    let out = object();
+    let name = match state {
+        State::Connecting { attempt } => {
+            set(&out, "attempt", &JsValue::from(*attempt));
+            "connecting"
+        }
+        State::Open => "open",
+        State::Reconnecting { attempt, delay_ms } => {
+            set(&out, "attempt", &JsValue::from(*attempt));
+            set(&out, "delayMs", &JsValue::from(delay_ms.round()));
+            "reconnecting"
+        }
+        State::Closed => "closed",
+        State::Failed { code } => {
+            set(&out, "code", &JsValue::from(*code));
+            set(
+                &out,
+                "reason",
+                &JsValue::from_str(CloseCode::from_u16(*code).reason()),
+            );
+            "failed"
+        }
+    };
+    set(&out, "state", &JsValue::from_str(name));
+    out
+}
+
+/// `[{ userId, username }]`.
+fn users_js<'a>(users: impl Iterator<Item = (&'a String, &'a String)>) -> JsValue {
+    let list = js_sys::Array::new();
+    for (user_id, username) in users {
+        let user = object();
+        set(&user, "userId", &JsValue::from_str(user_id));
+        set(&user, "username", &JsValue::from_str(username));
+        list.push(&user);
+    }
+    list.into()
+}
