@@ -1,3 +1,5 @@
 //! Behavioural tests of the reference server over real sockets, each run per backend.
 
 mod chat;
+mod extensions;
+mod handshake;

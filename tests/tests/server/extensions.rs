@@ -1,0 +1,277 @@
+//! Extensions: resume, idempotency, ping, presence, read, errors, the typing lease.
+
+use std::time::Duration;
+
+use hablar_protocol::events::{Message, ServerEvent};
+use hablar_protocol::ErrorCode;
+use hablar_tests::client::Client;
+use hablar_tests::{backend_tests, tokens, Backend, TestServer};
+use serde_json::json;
+
+backend_tests!(
+    resume_after_a_disconnect_delivers_exactly_the_missed_messages,
+    resume_while_messages_flow_has_no_gap_and_no_duplicate,
+    resume_from_another_epoch_is_not_recovered,
+    a_resent_client_id_is_stored_once_and_echoed_to_the_sender,
+    ping_is_answered_with_pong_and_its_id,
+    presence_is_per_user_not_per_tab,
+    mark_read_is_broadcast_as_read,
+    malformed_frames_get_errors_and_the_connection_keeps_working,
+    typing_stop_is_sent_when_the_last_connection_closes_while_typing,
+);
+
+fn send_message(content: &str) -> serde_json::Value {
+    json!({"type": "new_message", "message": {"content": content}})
+}
+
+async fn next_message(client: &mut Client) -> Message {
+    match client
+        .recv_until(|e| matches!(e, ServerEvent::NewMessage { .. }))
+        .await
+    {
+        ServerEvent::NewMessage { message } => message,
+        _ => unreachable!(),
+    }
+}
+
+fn seq(message: &Message) -> u64 {
+    message.seq.expect("our server numbers messages").0
+}
+
+async fn resume_after_a_disconnect_delivers_exactly_the_missed_messages(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    let mut alice = server.connect("room", &tokens::token("alice")).await;
+    let ready = alice.ready().await;
+    let mut bob = server.join("room", "bob").await;
+    bob.send_json(&send_message("one")).await;
+    let first = next_message(&mut alice).await;
+    alice.close().await;
+    for text in ["two", "three", "four"] {
+        bob.send_json(&send_message(text)).await;
+    }
+    for _ in 0..3 {
+        next_message(&mut bob).await;
+    }
+    let resume = format!("&since={}&epoch={}", seq(&first), ready.epoch);
+    let mut alice = Client::connect(&server.ws_url("room", &tokens::token("alice"), &resume))
+        .await
+        .expect("resume");
+    let ready = alice.ready().await;
+    assert!(ready.recovered);
+    assert_eq!(ready.last_seq.0, 4);
+    let missed: Vec<String> = [
+        next_message(&mut alice).await,
+        next_message(&mut alice).await,
+        next_message(&mut alice).await,
+    ]
+    .iter()
+    .map(|m| m.content.clone())
+    .collect();
+    assert_eq!(missed, ["two", "three", "four"]);
+    bob.send_json(&send_message("five")).await;
+    let live = next_message(&mut alice).await;
+    assert_eq!(
+        (live.content.as_str(), seq(&live)),
+        ("five", 5),
+        "live continues without duplicates"
+    );
+}
+
+async fn resume_while_messages_flow_has_no_gap_and_no_duplicate(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.rate_per_sec = 10_000.0;
+        c.limits.rate_burst = 10_000;
+    })
+    .await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    let mut alice = server.connect("room", &tokens::token("alice")).await;
+    let epoch = alice.ready().await.epoch;
+    alice.close().await;
+    let mut bob = server.join("room", "bob").await;
+    const TOTAL: u64 = 200;
+    let sender = tokio::spawn(async move {
+        for i in 1..=TOTAL {
+            bob.send_json(&send_message(&format!("m{i}"))).await;
+            if i % 20 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        bob
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut alice = Client::connect(&server.ws_url(
+        "room",
+        &tokens::token("alice"),
+        &format!("&since=0&epoch={epoch}"),
+    ))
+    .await
+    .expect("resume");
+    assert!(alice.ready().await.recovered);
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&TOTAL) {
+        seqs.push(seq(&next_message(&mut alice).await));
+    }
+    assert_eq!(
+        seqs,
+        (1..=TOTAL).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+    let _bob = sender.await.expect("sender");
+}
+
+async fn resume_from_another_epoch_is_not_recovered(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_chat("room", &["alice"]).await;
+    let mut alice = server.join("room", "alice").await;
+    alice.send_json(&send_message("hi")).await;
+    next_message(&mut alice).await;
+    let url = server.ws_url("room", &tokens::token("alice"), "&since=0&epoch=someotherepoch");
+    let mut again = Client::connect(&url).await.expect("handshake");
+    let ready = again.ready().await;
+    assert!(!ready.recovered);
+    assert_eq!(ready.last_seq.0, 1);
+    again.expect_silence(Duration::from_millis(100)).await;
+    let url = server.ws_url("room", &tokens::token("alice"), "&since=banana");
+    let mut garbled = Client::connect(&url).await.expect("handshake");
+    assert!(!garbled.ready().await.recovered);
+}
+
+async fn a_resent_client_id_is_stored_once_and_echoed_to_the_sender(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    let mut alice = server.join("room", "alice").await;
+    let mut bob = server.join("room", "bob").await;
+    let frame = json!({"type": "new_message", "message": {"content": "once", "client_id": "k-1"}});
+    alice.send_json(&frame).await;
+    let stored = next_message(&mut alice).await;
+    alice.send_json(&frame).await;
+    let echoed = next_message(&mut alice).await;
+    assert_eq!(echoed, stored, "the resend gets the stored message back");
+    assert_eq!(next_message(&mut bob).await, stored);
+    bob.expect_silence(Duration::from_millis(150)).await;
+    let token = tokens::token("alice");
+    let (_, page) = server.history("room", &token, "").await;
+    assert_eq!(
+        page["messages"].as_array().map(Vec::len),
+        Some(1),
+        "stored once: {page}"
+    );
+}
+
+async fn ping_is_answered_with_pong_and_its_id(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_chat("room", &["alice"]).await;
+    let mut alice = server.join("room", "alice").await;
+    alice.send_json(&json!({"type": "ping", "id": 7})).await;
+    assert_eq!(alice.recv_json().await, json!({"type": "pong", "id": 7}));
+    alice.send_json(&json!({"type": "ping"})).await;
+    assert_eq!(alice.recv_json().await, json!({"type": "pong"}));
+}
+
+async fn presence_is_per_user_not_per_tab(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    server.set_display_name("bob", "Bob").await;
+    let mut alice = server.join("room", "alice").await;
+    let mut bob1 = server.connect("room", &tokens::token("bob")).await;
+    let ready = bob1.ready().await;
+    let online: Vec<&str> = ready.presence.iter().map(|p| p.user_id.as_str()).collect();
+    assert_eq!(online, ["alice", "bob"]);
+    assert_eq!(
+        alice.recv_json().await,
+        json!({"type": "presence_join", "user_id": "bob", "username": "Bob"})
+    );
+    let bob2 = server.join("room", "bob").await;
+    alice.expect_silence(Duration::from_millis(150)).await;
+    bob2.close().await;
+    alice.expect_silence(Duration::from_millis(150)).await;
+    bob1.close().await;
+    assert_eq!(
+        alice.recv_json().await,
+        json!({"type": "presence_leave", "user_id": "bob", "username": "Bob"})
+    );
+}
+
+async fn mark_read_is_broadcast_as_read(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    let mut bob = server.join("room", "bob").await;
+    let mut alice = server.join("room", "alice").await;
+    bob.recv_until(|e| matches!(e, ServerEvent::PresenceJoin(_)))
+        .await;
+    alice
+        .send_json(&json!({"type": "mark_read", "up_to": "m-42"}))
+        .await;
+    assert_eq!(
+        bob.recv_json().await,
+        json!({"type": "read", "user_id": "alice", "up_to": "m-42"})
+    );
+}
+
+async fn malformed_frames_get_errors_and_the_connection_keeps_working(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_chat("room", &["alice"]).await;
+    let mut alice = server.join("room", "alice").await;
+    let long = "x".repeat(4001);
+    let cases: [(&str, ErrorCode, Option<&str>); 7] = [
+        ("{not json", ErrorCode::BadJson, None),
+        ("[1,2]", ErrorCode::BadJson, None),
+        (r#"{"type":"dance"}"#, ErrorCode::UnknownType, None),
+        (
+            r#"{"type":"new_message","message":{"content":"   ","client_id":"e1"}}"#,
+            ErrorCode::InvalidMessage,
+            Some("e1"),
+        ),
+        (
+            r#"{"type":"new_message","message":{"content":42,"client_id":"e2"}}"#,
+            ErrorCode::InvalidMessage,
+            Some("e2"),
+        ),
+        (r#"{"type":"new_message"}"#, ErrorCode::InvalidMessage, None),
+        ("", ErrorCode::BadJson, None),
+    ];
+    for (frame, code, client_id) in cases {
+        alice.send_text(frame).await;
+        let ServerEvent::Error(error) = alice.recv_event().await else {
+            panic!("error for {frame:?}")
+        };
+        assert_eq!(error.code, code, "{frame:?}");
+        assert_eq!(
+            error.client_id.as_ref().map(|c| c.as_str()),
+            client_id,
+            "{frame:?}"
+        );
+    }
+    let too_long = json!({"type": "new_message", "message": {"content": long, "client_id": "e3"}});
+    alice.send_json(&too_long).await;
+    let ServerEvent::Error(error) = alice.recv_event().await else {
+        panic!("error")
+    };
+    assert_eq!(error.code, ErrorCode::InvalidMessage);
+    let ok = json!({"type": "new_message", "message": {"content": "x".repeat(4000)}});
+    alice.send_json(&ok).await;
+    assert_eq!(
+        next_message(&mut alice).await.content.chars().count(),
+        4000,
+        "4000 characters are fine"
+    );
+}
+
+async fn typing_stop_is_sent_when_the_last_connection_closes_while_typing(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    let mut bob = server.join("room", "bob").await;
+    let alice = server.join("room", "alice").await;
+    let mut alice = alice;
+    bob.recv_until(|e| matches!(e, ServerEvent::PresenceJoin(_)))
+        .await;
+    alice.send_json(&json!({"type": "typing_start"})).await;
+    assert!(matches!(bob.recv_event().await, ServerEvent::TypingStart { .. }));
+    drop(alice); // the tab dies without a close frame
+    assert_eq!(
+        bob.recv_json().await,
+        json!({"type": "typing_stop", "user_id": "alice"})
+    );
+    assert!(matches!(bob.recv_event().await, ServerEvent::PresenceLeave(_)));
+}
