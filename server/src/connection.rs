@@ -68,13 +68,13 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
     let _tracked = app.tracker.clone();
     let (mut sink, mut stream) = socket.split();
     if *app.shutdown.borrow() {
-        return finish(&app, &mut sink, End::Close(CloseCode::Restart), None).await;
+        return finish(&app, &mut sink, &mut stream, End::Close(CloseCode::Restart), None).await;
     }
     let admitted = match admit(&app, &chat, query.token.as_deref()).await {
         Ok(admitted) => admitted,
         Err(code) => {
             tracing::info!(chat = %chat, code = code.as_u16(), reason = code.reason(), "handshake refused");
-            return finish(&app, &mut sink, End::Close(code), None).await;
+            return finish(&app, &mut sink, &mut stream, End::Close(code), None).await;
         }
     };
     app.metrics.connections.fetch_add(1, Relaxed);
@@ -96,7 +96,7 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
         Err(err) => {
             tracing::error!(%chat, error = %err, "subscribe failed");
             app.metrics.connections.fetch_sub(1, Relaxed);
-            return finish(&app, &mut sink, End::Close(CloseCode::ServerError), None).await;
+            return finish(&app, &mut sink, &mut stream, End::Close(CloseCode::ServerError), None).await;
         }
     };
 
@@ -127,7 +127,7 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
     };
     // Graceful shutdown finishes what was queued before the 1012.
     let flush_first = (end == End::Close(CloseCode::Restart)).then_some(&mut rx);
-    finish(&app, &mut sink, end, flush_first).await;
+    finish(&app, &mut sink, &mut stream, end, flush_first).await;
     cleanup(&app, &admitted, conn_id, &session).await;
     app.metrics.connections.fetch_sub(1, Relaxed);
     tracing::info!(%chat, user = %user, end = ?end, "disconnected");
@@ -515,11 +515,12 @@ async fn write_loop(
     }
 }
 
-/// Sends the close frame (after the queued frames when `flush_first`), with a time
-/// limit, and counts the close.
+/// Sends the close frame (after the queued frames when `flush_first`) and waits for the
+/// client's reply, within a time limit, and counts the close.
 async fn finish(
     app: &AppState,
     sink: &mut SplitSink<WebSocket, WsMessage>,
+    stream: &mut SplitStream<WebSocket>,
     end: End,
     flush_first: Option<&mut mpsc::Receiver<Outbound>>,
 ) {
@@ -549,7 +550,15 @@ async fn finish(
             reason: Utf8Bytes::from_static(code.reason()),
         };
         sink.send(WsMessage::Close(Some(frame))).await?;
-        sink.close().await
+        // Wait for the client's close reply before the TCP connection goes: closing
+        // with unread data makes the kernel send a reset, and the client could lose
+        // the close frame (and see 1006 instead of our code).
+        while let Some(Ok(frame)) = stream.next().await {
+            if matches!(frame, WsMessage::Close(_)) {
+                break;
+            }
+        }
+        Ok::<_, axum::Error>(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
 }

@@ -190,6 +190,11 @@ impl EventSink for Rooms {
                     conn.closer.close(CloseCode::Forbidden);
                 }
             }
+            ChatEvent::Resync => {
+                for conn in room.conns.values() {
+                    conn.closer.close(CloseCode::Restart);
+                }
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 //! when it is built (the local hub, [`crate::rooms::Rooms`]).
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use hablar_protocol::events::{Extra, HistoryPage, Message, PresenceUser, ServerEvent};
@@ -39,6 +40,10 @@ pub enum ChatEvent {
         /// Who was removed.
         user_id: UserId,
     },
+    /// Control: this instance may have missed some of the chat's events (its broker link
+    /// was down and the gap could not be replayed), so every local connection of the chat
+    /// closes with 1012 and its client resumes with `since` (or learns `recovered: false`).
+    Resync,
 }
 
 /// Where a backend delivers the events of the chats this instance subscribed to.

@@ -3,3 +3,7 @@
 mod chat;
 mod extensions;
 mod handshake;
+mod http;
+mod lifecycle;
+mod limits;
+mod membership;

@@ -1,0 +1,191 @@
+//! The HTTP API: history, health, metrics, and dev mode.
+
+use hablar_protocol::events::HistoryPage;
+use hablar_tests::client::Client;
+use hablar_tests::{backend_tests, tokens, Backend, TestServer};
+use serde_json::json;
+use tokio_tungstenite::tungstenite;
+
+backend_tests!(
+    history_pages_backwards_oldest_first_for_members_only,
+    health_and_metrics_answer,
+    dev_mode_seeds_hands_out_tokens_and_answers_loopback_cors,
+);
+
+async fn history_pages_backwards_oldest_first_for_members_only(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.rate_burst = 1000;
+    })
+    .await;
+    server.create_chat("room", &["alice"]).await;
+    let mut alice = server.join("room", "alice").await;
+    for i in 1..=105 {
+        alice
+            .send_json(&json!({"type": "new_message", "message": {"content": format!("m{i}")}}))
+            .await;
+    }
+    for _ in 1..=105 {
+        alice.recv_event().await;
+    }
+    let token = tokens::token("alice");
+    let (status, body) = server.history("room", &token, "?limit=1000").await;
+    assert_eq!(status, 200);
+    let page: HistoryPage = serde_json::from_value(body).expect("a history page");
+    assert_eq!(page.messages.len(), 100, "limit is capped at 100");
+    assert!(page.has_more);
+    assert_eq!(page.messages[0].content, "m6", "the newest 100, oldest first");
+    assert_eq!(page.messages[99].content, "m105");
+    let (_, body) = server.history("room", &token, "?before=6&limit=3").await;
+    let page: HistoryPage = serde_json::from_value(body).expect("a history page");
+    let contents: Vec<&str> = page.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(contents, ["m3", "m4", "m5"]);
+    assert!(page.has_more);
+    let (_, body) = server.history("room", &token, "?before=3").await;
+    let page: HistoryPage = serde_json::from_value(body).expect("a history page");
+    assert_eq!(page.messages.len(), 2);
+    assert!(!page.has_more);
+
+    assert_eq!(server.history("room", &tokens::token("mallory"), "").await.0, 403);
+    assert_eq!(server.history("room", "not-a-token", "").await.0, 401);
+    assert_eq!(
+        server
+            .history("room", &tokens::token_expiring_in("alice", 0), "")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(server.history("nowhere", &token, "").await.0, 404);
+    assert_eq!(server.history("room", &token, "?before=abc").await.0, 400);
+    let res = server
+        .http
+        .get(format!("{}/api/chats/room/messages", server.http_url()))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 401, "no bearer token");
+}
+
+async fn health_and_metrics_answer(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let health = server
+        .http
+        .get(format!("{}/healthz", server.http_url()))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    server.create_chat("room", &["alice"]).await;
+    let mut alice = server.join("room", "alice").await;
+    alice
+        .send_json(&json!({"type": "new_message", "message": {"content": "counted"}}))
+        .await;
+    alice.recv_event().await;
+    assert_eq!(server.metric("hablar_connections").await, 1.0);
+    assert_eq!(server.metric("hablar_messages_stored_total").await, 1.0);
+    assert!(server.metric("hablar_messages_in_total").await >= 1.0);
+    assert!(server.metric("hablar_messages_out_total").await >= 1.0);
+    let text = server.metrics().await;
+    assert!(text.contains("# TYPE hablar_closes_total counter"));
+    assert!(text.contains("hablar_dropped_total 0"));
+}
+
+async fn dev_mode_seeds_hands_out_tokens_and_answers_loopback_cors(backend: Backend) {
+    let www = std::env::temp_dir().join(format!("hablar-www-{}", std::process::id()));
+    std::fs::create_dir_all(&www).expect("www dir");
+    std::fs::write(www.join("index.html"), "<h1>hablar demo</h1>").expect("index");
+    let server = TestServer::start_with(backend, |c| {
+        c.dev = true;
+        c.jwt_secret = None; // dev mode brings its own
+        c.www_dir = www.clone();
+    })
+    .await;
+    let token_url = format!("{}/api/dev/token", server.http_url());
+    let res = server
+        .http
+        .post(&token_url)
+        .json(&json!({"user_id": "alice"}))
+        .send()
+        .await
+        .expect("dev token");
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.expect("json");
+    assert_eq!(
+        (body["user_id"].as_str(), body["username"].as_str()),
+        (Some("alice"), Some("Alice"))
+    );
+    let alice_token = body["token"].as_str().expect("token").to_owned();
+
+    let page_origin = "http://127.0.0.1:45678";
+    let url = server.ws_url("general", &alice_token, "");
+    let mut alice = Client::connect_with_origin(&url, Some(page_origin))
+        .await
+        .expect("loopback origin in dev");
+    let ready = alice.ready().await;
+    assert_eq!(ready.presence[0].username, "Alice");
+    match Client::connect_with_origin(&url, Some("https://evil.example")).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        _ => panic!("a foreign origin is refused in dev mode too"),
+    }
+    let mallory = server
+        .http
+        .post(&token_url)
+        .json(&json!({"user_id": "mallory"}))
+        .send()
+        .await
+        .expect("token");
+    let mallory: serde_json::Value = mallory.json().await.expect("json");
+    let mut client = server
+        .connect("general", mallory["token"].as_str().expect("token"))
+        .await;
+    assert_eq!(
+        client.expect_close().await,
+        4403,
+        "mallory is a member of nothing"
+    );
+    let bob = server
+        .http
+        .post(&token_url)
+        .json(&json!({"user_id": "bob"}))
+        .send()
+        .await
+        .expect("token");
+    let bob: serde_json::Value = bob.json().await.expect("json");
+    server
+        .connect("random", bob["token"].as_str().expect("token"))
+        .await
+        .ready()
+        .await;
+
+    let preflight = server
+        .http
+        .request(reqwest::Method::OPTIONS, &token_url)
+        .header("origin", page_origin)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(preflight.status().is_success());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], page_origin);
+    let history = server
+        .http
+        .get(format!("{}/api/chats/general/messages", server.http_url()))
+        .bearer_auth(&alice_token)
+        .header("origin", page_origin)
+        .send()
+        .await
+        .expect("history");
+    assert_eq!(history.status(), 200);
+    assert_eq!(history.headers()["access-control-allow-origin"], page_origin);
+    let foreign = server
+        .http
+        .request(reqwest::Method::OPTIONS, &token_url)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(foreign.headers().get("access-control-allow-origin").is_none());
+
+    let index = server.http.get(server.http_url()).send().await.expect("index");
+    assert_eq!(index.text().await.expect("body"), "<h1>hablar demo</h1>");
+    let _ = std::fs::remove_dir_all(&www);
+}

@@ -1,0 +1,147 @@
+//! Limits: frame size, rate, slow readers, idle connections.
+
+use std::time::Duration;
+
+use hablar_protocol::events::ServerEvent;
+use hablar_protocol::ErrorCode;
+use hablar_tests::client::{Client, Frame};
+use hablar_tests::{backend_tests, tokens, Backend, TestServer};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+backend_tests!(
+    an_oversize_frame_closes_with_1009_while_others_keep_chatting,
+    flooding_gets_rate_limited_then_closed_with_1008,
+    a_client_that_does_not_read_is_closed_with_4408,
+    an_idle_connection_is_pinged_and_closed_when_silent,
+);
+
+async fn an_oversize_frame_closes_with_1009_while_others_keep_chatting(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_chat("room", &["alice", "bob", "carol"]).await;
+    let mut alice = server.join("room", "alice").await;
+    let mut bob = server.join("room", "bob").await;
+    let mut carol = server.join("room", "carol").await;
+    let huge = json!({"type": "new_message", "message": {"content": "x", "blob": "y".repeat(70 * 1024)}});
+    carol.send_json(&huge).await;
+    assert_eq!(carol.expect_close().await, 1009);
+    alice
+        .send_json(&json!({"type": "new_message", "message": {"content": "still here"}}))
+        .await;
+    let event = bob
+        .recv_until(|e| matches!(e, ServerEvent::NewMessage { .. }))
+        .await;
+    let ServerEvent::NewMessage { message } = event else {
+        unreachable!()
+    };
+    assert_eq!(message.content, "still here");
+    // Just under the limit passes through.
+    let big = json!({"type": "new_message", "message": {"content": "big", "blob": "y".repeat(60 * 1024)}});
+    alice.send_json(&big).await;
+    let event = bob
+        .recv_until(|e| matches!(e, ServerEvent::NewMessage { .. }))
+        .await;
+    let ServerEvent::NewMessage { message } = event else {
+        unreachable!()
+    };
+    assert_eq!(message.extra["blob"].as_str().map(str::len), Some(60 * 1024));
+    assert_eq!(server.metric("hablar_closes_total{code=\"1009\"}").await, 1.0);
+}
+
+async fn flooding_gets_rate_limited_then_closed_with_1008(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.rate_burst = 5;
+        c.limits.rate_per_sec = 1.0;
+        c.limits.rate_abuse_close_after = 10;
+    })
+    .await;
+    server.create_chat("room", &["alice"]).await;
+    let mut alice = server.join("room", "alice").await;
+    for i in 0..5 {
+        alice.send_json(&json!({"type": "ping", "id": i})).await;
+        assert!(matches!(alice.recv_event().await, ServerEvent::Pong { .. }));
+    }
+    alice.send_json(&json!({"type": "ping", "id": "over"})).await;
+    let ServerEvent::Error(error) = alice.recv_event().await else {
+        panic!("rate_limited error")
+    };
+    assert_eq!(error.code, ErrorCode::RateLimited);
+    for _ in 0..20 {
+        if alice
+            .send(Message::text(r#"{"type":"typing_start"}"#))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(alice.expect_close().await, 1008);
+}
+
+async fn a_client_that_does_not_read_is_closed_with_4408(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.outbound_queue = 8;
+        c.limits.rate_burst = 10_000;
+        c.limits.rate_per_sec = 10_000.0;
+    })
+    .await;
+    server.create_chat("room", &["alice", "sloth"]).await;
+    let mut alice = server.join("room", "alice").await;
+    let mut sloth = server.join("room", "sloth").await;
+    alice
+        .recv_until(|e| matches!(e, ServerEvent::PresenceJoin(_)))
+        .await;
+    // ~60 KiB per message: the kernel buffers fill, then the server's queue of 8.
+    let frame = json!({"type": "new_message", "message": {"content": "spam", "blob": "z".repeat(60 * 1024)}});
+    let mut sent = 0;
+    while server.metric("hablar_closes_total{code=\"4408\"}").await < 1.0 {
+        for _ in 0..20 {
+            alice.send_json(&frame).await;
+            sent += 1;
+            // alice reads her echo so that she is not the slow one.
+            alice
+                .recv_until(|e| matches!(e, ServerEvent::NewMessage { .. }))
+                .await;
+        }
+        assert!(sent < 2_000, "the slow reader was never closed");
+    }
+    let mut received = 0;
+    let code = loop {
+        match sloth.next_frame(Duration::from_secs(5)).await {
+            Some(Frame::Json(_)) => received += 1,
+            Some(Frame::Close(code)) => break code,
+            None => panic!("no close for the slow reader"),
+        }
+    };
+    assert_eq!(code, 4408);
+    assert!(
+        received < sent,
+        "the server did not queue everything for the slow reader"
+    );
+    // The fast reader is unaffected.
+    alice.send_json(&json!({"type": "ping", "id": 1})).await;
+    assert!(matches!(
+        alice.recv_until(|e| matches!(e, ServerEvent::Pong { .. })).await,
+        ServerEvent::Pong { .. }
+    ));
+}
+
+async fn an_idle_connection_is_pinged_and_closed_when_silent(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.ping_interval_ms = 100;
+        c.limits.idle_timeout_ms = 400;
+    })
+    .await;
+    server.create_chat("room", &["alice"]).await;
+    // A reading client answers pings (tungstenite does it while reading) and stays.
+    let mut alive = server.join("room", "alice").await;
+    alive.expect_silence(Duration::from_millis(700)).await;
+    alive.send_json(&json!({"type": "ping", "id": 1})).await;
+    assert!(matches!(alive.recv_event().await, ServerEvent::Pong { .. }));
+    // A client that never reads never answers a ping: closed as idle.
+    let mut silent = Client::connect(&server.ws_url("room", &tokens::token("alice"), ""))
+        .await
+        .expect("handshake");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(silent.expect_close().await, 1001);
+}
