@@ -19,6 +19,9 @@ pub mod typing;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
 
+#[cfg(target_arch = "wasm32")]
+pub use wasm::HablarClient;
+
 use wasm_bindgen::prelude::*;
 
 /// The protocol version this SDK speaks.

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Browser tests of the wasm SDK against the real server, in headless Chromium.
+#
+# Builds the server, starts client/scripts/harness.mjs (server on a free port, a
+# cuttable proxy, an HTTP control endpoint for restarts), runs
+# `wasm-pack test --headless --chrome client` with their URLs in the environment (read
+# by the tests at compile time with option_env!), and stops everything on exit.
+# Extra arguments go to wasm-pack test (e.g. `-- --test web`). HABLAR_SERVER_BIN skips
+# building the server and uses that binary.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+
+for tool in node wasm-pack chromedriver; do
+  command -v "$tool" >/dev/null || { echo "browser-test: $tool is not installed" >&2; exit 1; }
+done
+
+# HABLAR_SERVER_BIN: use this server binary instead of building target/debug's.
+SERVER_BIN="${HABLAR_SERVER_BIN:-}"
+if [[ -z "$SERVER_BIN" ]]; then
+  cargo build -q -p hablar-server --bin hablar-server
+  SERVER_BIN="$ROOT/target/debug/hablar-server"
+fi
+
+WORK="$(mktemp -d -t hablar-browser-test.XXXXXX)"
+HARNESS_PID=""
+cleanup() {
+  local status=$?
+  if [[ -n "$HARNESS_PID" ]] && kill -0 "$HARNESS_PID" 2>/dev/null; then
+    kill -TERM "$HARNESS_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$HARNESS_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$HARNESS_PID" 2>/dev/null || true
+  fi
+  if [[ $status -ne 0 && -s "$WORK/server.log" ]]; then
+    echo "--- server log (last 40 lines) ---" >&2
+    tail -n 40 "$WORK/server.log" >&2
+  fi
+  rm -rf "$WORK"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+node client/scripts/harness.mjs "$SERVER_BIN" "$WORK/server.log" \
+  >"$WORK/harness.out" 2>"$WORK/harness.err" &
+HARNESS_PID=$!
+
+READY=""
+for _ in $(seq 1 300); do
+  READY="$(grep -m1 '^harness ready' "$WORK/harness.out" || true)"
+  [[ -n "$READY" ]] && break
+  kill -0 "$HARNESS_PID" 2>/dev/null || break
+  sleep 0.1
+done
+if [[ -z "$READY" ]]; then
+  echo "browser-test: the harness did not start" >&2
+  cat "$WORK/harness.err" >&2 || true
+  exit 1
+fi
+
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$READY"; }
+export HABLAR_TEST_SERVER="$(field server)"
+export HABLAR_TEST_CONTROL="$(field control)"
+export HABLAR_TEST_PROXY="$(field proxy)"
+echo "browser-test: server $HABLAR_TEST_SERVER, control $HABLAR_TEST_CONTROL, proxy $HABLAR_TEST_PROXY"
+
+# The whole run shares one timeout in wasm-bindgen-test-runner (default 20 s).
+export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-300}"
+wasm-pack test --headless --chrome client "$@"
