@@ -1,0 +1,80 @@
+//! The `hablar-server` binary as scripts use it: one stdout line with the address,
+//! SIGTERM stops it cleanly, and dev mode refuses a public address.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn server() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hablar-server"));
+    command.env_remove("HABLAR_JWT_SECRET").env("RUST_LOG", "warn");
+    command
+}
+
+#[test]
+fn prints_its_address_serves_and_stops_on_sigterm() {
+    let mut child = server()
+        .args(["--bind", "127.0.0.1:0", "--dev"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hablar-server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the address line");
+    let addr = line
+        .trim()
+        .strip_prefix("hablar-server listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
+
+    let mut http = TcpStream::connect(&addr).expect("connect");
+    http.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    http.read_to_string(&mut response).expect("response");
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit}");
+}
+
+#[test]
+fn dev_mode_on_a_public_address_refuses_to_start() {
+    let output = server()
+        .args(["--bind", "0.0.0.0:0", "--dev"])
+        .output()
+        .expect("run hablar-server");
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "no listening line");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--dev-allow-public"));
+}
+
+#[test]
+fn refuses_to_start_without_a_jwt_secret() {
+    let output = server()
+        .args(["--bind", "127.0.0.1:0"])
+        .output()
+        .expect("run hablar-server");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("JWT secret"));
+}
