@@ -24,24 +24,28 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{mint_hs256, AuthError, Claims};
 use crate::connection::{self, RawConnect};
 use crate::error::{Error, Result};
-use crate::origin::is_loopback_origin;
 use crate::{admin, AppState};
 
 /// The server's routes.
 pub fn router(app: Arc<AppState>) -> Router {
+    // The browser-facing JSON API answers CORS for the allowed origins (and loopback in
+    // dev mode); the admin API is server-to-server and does not.
+    let mut api = Router::new().route("/api/chats/{chat_id}/messages", get(history));
+    if app.config.dev {
+        api = api.route("/api/dev/token", post(dev_token));
+    }
+    let api = api.layer(middleware::from_fn_with_state(app.clone(), cors));
     let mut router = Router::new()
         .route("/ws/chat/{chat_id}/", get(ws_handshake))
         .route("/ws/chat/{chat_id}", get(ws_handshake))
-        .route("/api/chats/{chat_id}/messages", get(history))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .merge(api)
         .merge(admin::routes());
     if app.config.dev {
         router = router
-            .route("/api/dev/token", post(dev_token))
             .nest_service("/pkg", ServeDir::new(&app.config.pkg_dir))
-            .fallback_service(ServeDir::new(&app.config.www_dir))
-            .layer(middleware::from_fn(dev_cors));
+            .fallback_service(ServeDir::new(&app.config.www_dir));
     }
     // Spans name the path only: the query holds the WebSocket token.
     let trace = TraceLayer::new_for_http().make_span_with(|request: &Request| {
@@ -158,13 +162,14 @@ async fn dev_token(
     ))
 }
 
-/// Dev mode: CORS for any loopback origin (browser tests run pages on random ports).
-async fn dev_cors(request: Request, next: Next) -> Response {
+/// CORS for the origins the WebSocket accepts: the allow-list, and in dev mode any
+/// loopback origin (browser tests run pages on random ports).
+async fn cors(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let origin = request
         .headers()
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
-        .filter(|o| is_loopback_origin(o))
+        .filter(|o| app.origins.allows(Some(o)))
         .and_then(|o| HeaderValue::from_str(o).ok());
     let Some(origin) = origin else {
         return next.run(request).await;

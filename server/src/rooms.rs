@@ -198,3 +198,93 @@ impl EventSink for Rooms {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hablar_protocol::events::{Message, Sender};
+    use hablar_protocol::MessageId;
+
+    use super::*;
+    use crate::backend::MemoryBackend;
+
+    fn typing(user: &str) -> ChatEvent {
+        ChatEvent::Broadcast {
+            event: ServerEvent::TypingStart {
+                user_id: UserId::new(user).expect("id"),
+                username: user.into(),
+            },
+            skip_user: None,
+        }
+    }
+
+    fn message(seq: u64) -> ChatEvent {
+        let message = Message {
+            id: MessageId::new(format!("m{seq}")).expect("id"),
+            seq: Some(Seq(seq)),
+            chat_id: ChatId::new("room").expect("chat"),
+            content: "hi".into(),
+            sender: Sender {
+                id: UserId::new("bob").expect("id"),
+                username: "Bob".into(),
+            },
+            created_at: "2026-01-01T00:00:00Z".into(),
+            client_id: None,
+            extra: Default::default(),
+        };
+        ChatEvent::Broadcast {
+            event: ServerEvent::NewMessage { message },
+            skip_user: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_typing_but_closes_on_a_message() {
+        let metrics = Arc::new(Metrics::default());
+        let rooms = Arc::new(Rooms::new(metrics.clone()));
+        let backend = MemoryBackend::new(rooms.clone(), 10);
+        let chat = ChatId::new("room").expect("chat");
+        let (tx, mut rx) = mpsc::channel(2);
+        let (closer, close_rx) = Closer::new();
+        let handle = ConnHandle {
+            user: UserId::new("alice").expect("id"),
+            tx,
+            closer,
+        };
+        rooms.join(&backend, &chat, handle).await.expect("join");
+
+        rooms.deliver(&chat, &message(1));
+        rooms.deliver(&chat, &typing("bob"));
+        rooms.deliver(&chat, &typing("bob"));
+        assert_eq!(
+            *close_rx.borrow(),
+            None,
+            "a dropped typing event is no reason to close"
+        );
+        assert_eq!(metrics.dropped.load(Relaxed), 1);
+        rooms.deliver(&chat, &message(2));
+        assert_eq!(*close_rx.borrow(), Some(CloseCode::TooSlow));
+        assert_eq!(rx.recv().await.and_then(|o| o.seq), Some(Seq(1)));
+    }
+
+    #[tokio::test]
+    async fn an_event_is_encoded_once_and_shared_by_every_queue() {
+        let rooms = Arc::new(Rooms::new(Arc::default()));
+        let backend = MemoryBackend::new(rooms.clone(), 10);
+        let chat = ChatId::new("room").expect("chat");
+        let mut receivers = Vec::new();
+        for user in ["alice", "bob"] {
+            let (tx, rx) = mpsc::channel(4);
+            let handle = ConnHandle {
+                user: UserId::new(user).expect("id"),
+                tx,
+                closer: Closer::new().0,
+            };
+            rooms.join(&backend, &chat, handle).await.expect("join");
+            receivers.push(rx);
+        }
+        rooms.deliver(&chat, &message(1));
+        let a = receivers[0].recv().await.expect("frame").text;
+        let b = receivers[1].recv().await.expect("frame").text;
+        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr(), "one buffer, two queues");
+    }
+}

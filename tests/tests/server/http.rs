@@ -189,3 +189,30 @@ async fn dev_mode_seeds_hands_out_tokens_and_answers_loopback_cors(backend: Back
     assert_eq!(index.text().await.expect("body"), "<h1>hablar demo</h1>");
     let _ = std::fs::remove_dir_all(&www);
 }
+
+backend_tests!(history_answers_cors_only_for_allowed_origins);
+
+async fn history_answers_cors_only_for_allowed_origins(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.allowed_origins = vec!["https://chat.example".into()]
+    })
+    .await;
+    server.create_chat("room", &["alice"]).await;
+    let url = format!("{}/api/chats/room/messages", server.http_url());
+    for (origin, allowed) in [("https://chat.example", true), ("https://evil.example", false)] {
+        let res = server
+            .http
+            .get(&url)
+            .bearer_auth(tokens::token("alice"))
+            .header("origin", origin)
+            .send()
+            .await
+            .expect("history");
+        assert_eq!(res.status(), 200);
+        let header = res
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap_or(""));
+        assert_eq!(header, allowed.then_some(origin), "{origin}");
+    }
+}
