@@ -1,0 +1,1130 @@
+//! The Redis backend: any number of server instances share chats, history, presence and
+//! the fan-out through one Redis.
+//!
+//! - Writes of a chat are Lua scripts over that chat's keys only (one hash tag, one
+//!   Cluster slot): `append` checks idempotency, takes the next seq, adds to the capped
+//!   stream, stores the idempotency key and PUBLISHes, in one atomic step, so every
+//!   instance sees one `seq` order.
+//! - Each instance SUBSCRIBEs only to the chats it has local connections in, on one
+//!   pub/sub connection owned by a supervisor task that reconnects and resubscribes.
+//! - The pub/sub gap: the supervisor remembers, per subscribed chat, the epoch and the last
+//!   seq it handed to the hub. A message that skips a seq, and every chat after a
+//!   reconnect, is caught up from the stream, so local clients stay complete without
+//!   reconnecting. Where the stream cannot fill the gap (trimmed, other epoch, Redis down
+//!   again), the chat's local connections are closed with 1012 ([`ChatEvent::Resync`]) and
+//!   clients resume with `since`, which answers `recovered: false` if it must.
+//! - Presence is a sorted set per chat of `{instance}:{user}` scored by lease expiry,
+//!   renewed by a heartbeat; a crashed instance's users expire, and the instance whose
+//!   heartbeat removes them announces `presence_leave`.
+//!
+//! The key schema is in [`Keys`] and documented in `notes/README-redis.md`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use hablar_protocol::events::{HistoryPage, Message, PresenceUser, Sender, ServerEvent};
+use hablar_protocol::{ChatId, ClientId, Epoch, MessageId, Seq, UserId};
+use parking_lot::Mutex;
+use rand::distr::{Alphanumeric, SampleString as _};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use redis::{AsyncCommands as _, Script};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+
+use super::{Appended, Backend, ChatEvent, EventSink, NewMessage, PresenceJoined, Replay};
+use crate::error::{Error, Result};
+
+/// The Redis backend's settings (flags, each also from the environment).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisOptions {
+    /// Prefix of every Redis key and channel.
+    #[arg(
+        long = "redis-key-prefix",
+        env = "HABLAR_REDIS_KEY_PREFIX",
+        default_value = "hablar"
+    )]
+    pub key_prefix: String,
+    /// How long one Redis command may take before the request fails as `unavailable`, ms.
+    #[arg(
+        long = "redis-timeout-ms",
+        env = "HABLAR_REDIS_TIMEOUT_MS",
+        default_value_t = 2_000
+    )]
+    pub timeout_ms: u64,
+    /// Longest wait between two reconnection attempts, ms.
+    #[arg(
+        long = "redis-reconnect-max-ms",
+        env = "HABLAR_REDIS_RECONNECT_MAX_MS",
+        default_value_t = 2_000
+    )]
+    pub reconnect_max_ms: u64,
+    /// How often the pub/sub connection is pinged to notice a silent outage, ms.
+    #[arg(
+        long = "redis-health-interval-ms",
+        env = "HABLAR_REDIS_HEALTH_INTERVAL_MS",
+        default_value_t = 5_000
+    )]
+    pub health_interval_ms: u64,
+    /// Presence lease: a crashed instance's users go offline after this long, ms. The
+    /// heartbeat renews leases every third of it.
+    #[arg(
+        long = "redis-presence-ttl-ms",
+        env = "HABLAR_REDIS_PRESENCE_TTL_MS",
+        default_value_t = 30_000
+    )]
+    pub presence_ttl_ms: u64,
+    /// How long a `client_id` makes a resend a no-op, seconds.
+    #[arg(long = "redis-idempotency-ttl-secs", env = "HABLAR_REDIS_IDEMPOTENCY_TTL_SECS",
+          default_value_t = hablar_protocol::limits::IDEMPOTENCY_RETENTION_SECS)]
+    pub idempotency_ttl_secs: u64,
+    /// Most messages the pub/sub catch-up reads from the stream for one chat; a larger
+    /// gap closes the chat's local connections with 1012 instead.
+    #[arg(
+        long = "redis-max-catch-up",
+        env = "HABLAR_REDIS_MAX_CATCH_UP",
+        default_value_t = 1_000
+    )]
+    pub max_catch_up: usize,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            key_prefix: "hablar".into(),
+            timeout_ms: 2_000,
+            reconnect_max_ms: 2_000,
+            health_interval_ms: 5_000,
+            presence_ttl_ms: 30_000,
+            idempotency_ttl_secs: hablar_protocol::limits::IDEMPOTENCY_RETENTION_SECS,
+            max_catch_up: 1_000,
+        }
+    }
+}
+
+/// The key schema. Every key of a chat carries the chat id as its hash tag
+/// (`{prefix}:{{chat}}:…`), so a chat lives on one Cluster slot and a script may touch
+/// all of it.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// `hablar` unless configured.
+    prefix: String,
+}
+
+impl Keys {
+    /// The schema under `prefix`.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    fn chat(&self, chat: &ChatId, what: &str) -> String {
+        format!("{}:{{{}}}:{what}", self.prefix, chat.as_str())
+    }
+
+    /// Hash; the chat exists iff this key exists (field `created_at`).
+    pub fn meta(&self, chat: &ChatId) -> String {
+        self.chat(chat, "meta")
+    }
+    /// Set of member user ids.
+    pub fn members(&self, chat: &ChatId) -> String {
+        self.chat(chat, "members")
+    }
+    /// String: the message store's identity.
+    pub fn epoch(&self, chat: &ChatId) -> String {
+        self.chat(chat, "epoch")
+    }
+    /// String counter: the newest seq.
+    pub fn seq(&self, chat: &ChatId) -> String {
+        self.chat(chat, "seq")
+    }
+    /// Stream of messages, entry id `{seq}-0`, field `m` = the message JSON.
+    pub fn messages(&self, chat: &ChatId) -> String {
+        self.chat(chat, "messages")
+    }
+    /// String with TTL: the message stored under a sender's `client_id`.
+    pub fn idempotency(&self, chat: &ChatId, user: &UserId, client_id: &ClientId) -> String {
+        // A JSON pair keeps `user` and `client_id` apart whatever characters they hold.
+        let pair = serde_json::to_string(&(user.as_str(), client_id.as_str()))
+            .expect("a pair of strings serialises");
+        self.chat(chat, &format!("idem:{pair}"))
+    }
+    /// Sorted set of `{instance}:{user}` scored by lease expiry (Unix ms, Redis clock).
+    pub fn presence(&self, chat: &ChatId) -> String {
+        self.chat(chat, "presence")
+    }
+    /// Hash user id → username of the users online in the chat.
+    pub fn presence_names(&self, chat: &ChatId) -> String {
+        self.chat(chat, "presence:names")
+    }
+    /// Hash with `display_name`: a user's profile.
+    pub fn user(&self, user: &UserId) -> String {
+        format!("{}:user:{}", self.prefix, user.as_str())
+    }
+    /// The pub/sub channel of a chat (a channel, not a key).
+    pub fn channel(&self, chat: &ChatId) -> String {
+        self.chat(chat, "events")
+    }
+    /// The chat of a channel name made by [`Keys::channel`].
+    pub fn chat_of_channel(&self, channel: &str) -> Option<ChatId> {
+        let inner = channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":{")?
+            .strip_suffix("}:events")?;
+        ChatId::new(inner).ok()
+    }
+}
+
+/// The message id placeholder in an `append` template; the script replaces its first match.
+const ID_NEEDLE: &str = "\"id\":\"__hablar_message_id__\"";
+/// The seq placeholder in an `append` template.
+const SEQ_NEEDLE: &str = "\"seq\":18446744073709551615";
+
+/// The scripts, loaded once per Redis (`EVALSHA`, re-loaded after a Redis restart).
+struct Scripts {
+    append: Script,
+    replay: Script,
+    presence_join: Script,
+    presence_leave: Script,
+    presence_beat: Script,
+    remove_member: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            append: Script::new(include_str!("redis/append.lua")),
+            replay: Script::new(include_str!("redis/replay.lua")),
+            presence_join: Script::new(include_str!("redis/presence_join.lua")),
+            presence_leave: Script::new(include_str!("redis/presence_leave.lua")),
+            presence_beat: Script::new(include_str!("redis/presence_beat.lua")),
+            remove_member: Script::new(include_str!("redis/remove_member.lua")),
+        }
+    }
+}
+
+/// What the supervisor has handed to the hub for one subscribed chat.
+#[derive(Debug, Clone, Default)]
+struct Cursor {
+    /// The epoch of the messages delivered; `None` until known.
+    epoch: Option<String>,
+    /// The newest seq delivered (or known to be covered by every local replay).
+    last: u64,
+    /// Whether `epoch`/`last` are known yet (set at subscribe or by the first message).
+    known: bool,
+}
+
+/// This instance's connections of one user in one chat.
+#[derive(Debug)]
+struct LocalPresence {
+    user: PresenceUser,
+    count: usize,
+}
+
+/// The state shared by the backend and its background tasks.
+struct Inner {
+    /// Commands: multiplexed and pipelined, reconnects by itself.
+    conn: ConnectionManager,
+    /// For new pub/sub connections.
+    client: redis::Client,
+    keys: Keys,
+    scripts: Scripts,
+    opts: RedisOptions,
+    /// Stream MAXLEN: messages a chat keeps.
+    retention: usize,
+    /// This process's random id in presence entries.
+    instance: String,
+    /// The hub.
+    sink: Arc<dyn EventSink>,
+    /// The chats with local connections, and what the hub got of each.
+    subscribed: Mutex<HashMap<ChatId, Cursor>>,
+    /// The live pub/sub connection's command half; `None` while Redis is unreachable.
+    pubsub: tokio::sync::Mutex<Option<PubSubSink>>,
+    /// Local connection counts per (chat, user): Redis holds one lease per instance.
+    presence: Mutex<HashMap<(ChatId, UserId), LocalPresence>>,
+    /// Orders this instance's presence joins and leaves, so that a leave's ZREM never
+    /// overtakes a later join's ZADD.
+    presence_order: tokio::sync::Mutex<()>,
+    /// Pre-built halves of a `new_message` [`ChatEvent`] around the message JSON.
+    event_prefix: String,
+    event_suffix: String,
+}
+
+/// The Redis store and broker.
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+    /// The pub/sub supervisor and the presence heartbeat; aborted on drop.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn backend_error(err: impl std::fmt::Display) -> Error {
+    Error::Backend(format!("redis: {err}"))
+}
+
+fn new_epoch() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 12)
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    // Microseconds, like Django REST framework and the embedded backend.
+    let at = at.replace_nanosecond(at.nanosecond() / 1000 * 1000).unwrap_or(at);
+    at.format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+/// The halves of the serialised `ChatEvent` around its message, so that the `append`
+/// script publishes exactly what `serde` would.
+fn event_halves() -> (String, String) {
+    let message = Message {
+        id: MessageId::new("x").expect("a valid id"),
+        seq: Some(Seq(1)),
+        chat_id: ChatId::new("x").expect("a valid chat id"),
+        content: "x".into(),
+        sender: Sender {
+            id: UserId::new("x").expect("a valid user id"),
+            username: "x".into(),
+        },
+        created_at: "x".into(),
+        client_id: None,
+        extra: Default::default(),
+    };
+    let inner = serde_json::to_string(&message).expect("a message serialises");
+    let event = ChatEvent::Broadcast {
+        event: ServerEvent::NewMessage { message },
+        skip_user: None,
+    };
+    let whole = serde_json::to_string(&event).expect("an event serialises");
+    let at = whole
+        .find(&inner)
+        .expect("the event holds the message JSON as it is");
+    (whole[..at].to_owned(), whole[at + inner.len()..].to_owned())
+}
+
+/// The message JSON the `append` script completes with its id and seq.
+fn template(chat: &ChatId, message: NewMessage, created_at: String) -> String {
+    let message = Message {
+        id: MessageId::new("__hablar_message_id__").expect("a valid id"),
+        seq: Some(Seq(u64::MAX)),
+        chat_id: chat.clone(),
+        content: message.content,
+        sender: Sender {
+            id: message.sender.user_id,
+            username: message.sender.username,
+        },
+        created_at,
+        client_id: message.client_id,
+        extra: message.extra,
+    };
+    serde_json::to_string(&message).expect("a message serialises")
+}
+
+fn parse_message(json: &str) -> Result<Message> {
+    serde_json::from_str(json).map_err(|err| backend_error(format!("unreadable message in the store: {err}")))
+}
+
+/// The epoch part of a message id `{epoch}-{seq}`.
+fn epoch_of(message: &Message) -> Option<&str> {
+    message.id.as_str().rsplit_once('-').map(|(epoch, _)| epoch)
+}
+
+/// A snapshot read by the `replay` script.
+struct Snapshot {
+    epoch: String,
+    last_seq: u64,
+    /// The oldest retained seq; `None` when the stream is empty or not asked for.
+    oldest: Option<u64>,
+    messages: Vec<Message>,
+}
+
+impl RedisBackend {
+    /// Connects to `url` and starts the pub/sub supervisor and presence heartbeat.
+    /// Fails if Redis cannot be reached now; later outages are survived.
+    pub async fn connect(
+        url: &str,
+        sink: Arc<dyn EventSink>,
+        retention: usize,
+        opts: RedisOptions,
+    ) -> Result<Self> {
+        let client = redis::Client::open(url).map_err(backend_error)?;
+        let timeout = Duration::from_millis(opts.timeout_ms.max(1));
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(opts.reconnect_max_ms.max(1)));
+        let conn = tokio::time::timeout(timeout, client.get_connection_manager_with_config(config))
+            .await
+            .map_err(|_| backend_error("no answer from redis at start"))?
+            .map_err(backend_error)?;
+        let (event_prefix, event_suffix) = event_halves();
+        let inner = Arc::new(Inner {
+            conn,
+            client,
+            keys: Keys::new(opts.key_prefix.clone()),
+            scripts: Scripts::new(),
+            retention: retention.max(1),
+            instance: new_epoch(),
+            sink,
+            subscribed: Mutex::default(),
+            pubsub: tokio::sync::Mutex::new(None),
+            presence: Mutex::default(),
+            presence_order: tokio::sync::Mutex::new(()),
+            event_prefix,
+            event_suffix,
+            opts,
+        });
+        let (up_tx, up_rx) = tokio::sync::oneshot::channel();
+        let tasks = vec![
+            tokio::spawn(supervise(inner.clone(), Some(up_tx))),
+            tokio::spawn(heartbeat(inner.clone())),
+        ];
+        // Start with pub/sub up, so the first connections need not fail.
+        let _ = tokio::time::timeout(timeout, up_rx).await;
+        Ok(Self { inner, tasks })
+    }
+}
+
+impl Inner {
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.opts.timeout_ms.max(1))
+    }
+
+    /// Runs one Redis operation with the configured time limit.
+    async fn run<T>(&self, op: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
+        match tokio::time::timeout(self.timeout(), op).await {
+            Ok(result) => result.map_err(backend_error),
+            Err(_) => Err(backend_error("no answer in time")),
+        }
+    }
+
+    /// The chat's epoch and newest seq and, from `from` on, up to `count` messages.
+    async fn snapshot(&self, chat: &ChatId, from: Option<u64>, count: usize) -> Result<Snapshot> {
+        let k = &self.keys;
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.replay.prepare_invoke();
+        invocation
+            .key(k.meta(chat))
+            .key(k.epoch(chat))
+            .key(k.seq(chat))
+            .key(k.messages(chat))
+            .arg(new_epoch())
+            .arg(from.map(|f| f.to_string()).unwrap_or_default())
+            .arg(count.max(1));
+        let reply: Vec<String> = self.run(invocation.invoke_async(&mut conn)).await?;
+        let mut reply = reply.into_iter();
+        match reply.next().as_deref() {
+            Some("ok") => {}
+            Some("missing") => return Err(Error::NotFound),
+            _ => return Err(backend_error("unexpected reply from the replay script")),
+        }
+        let epoch = reply.next().unwrap_or_default();
+        let last_seq = reply.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let oldest = reply.next().and_then(|s| s.parse().ok());
+        let messages = reply.map(|m| parse_message(&m)).collect::<Result<_>>()?;
+        Ok(Snapshot {
+            epoch,
+            last_seq,
+            oldest,
+            messages,
+        })
+    }
+
+    async fn publish_event(&self, chat: &ChatId, event: &ChatEvent) -> Result<()> {
+        let payload = serde_json::to_string(event).map_err(backend_error)?;
+        let mut conn = self.conn.clone();
+        let channel = self.keys.channel(chat);
+        self.run(conn.publish::<_, _, ()>(channel, payload)).await
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    async fn create_chat(&self, chat: &ChatId) -> Result<bool> {
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        let created_at = rfc3339(OffsetDateTime::now_utc());
+        let (created,): (bool,) = inner
+            .run(
+                redis::pipe()
+                    .atomic()
+                    .hset_nx(inner.keys.meta(chat), "created_at", created_at)
+                    .set_nx(inner.keys.epoch(chat), new_epoch())
+                    .ignore()
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(created)
+    }
+
+    async fn chat_exists(&self, chat: &ChatId) -> Result<bool> {
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        inner.run(conn.exists(inner.keys.meta(chat))).await
+    }
+
+    async fn add_member(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
+        if !self.chat_exists(chat).await? {
+            return Ok(false);
+        }
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        inner
+            .run(conn.sadd::<_, _, ()>(inner.keys.members(chat), user.as_str()))
+            .await?;
+        Ok(true)
+    }
+
+    async fn remove_member(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
+        let inner = &self.inner;
+        let event = ChatEvent::MemberRemoved {
+            user_id: user.clone(),
+        };
+        let payload = serde_json::to_string(&event).map_err(backend_error)?;
+        let mut conn = inner.conn.clone();
+        let mut invocation = inner.scripts.remove_member.prepare_invoke();
+        invocation
+            .key(inner.keys.members(chat))
+            .arg(user.as_str())
+            .arg(inner.keys.channel(chat))
+            .arg(payload);
+        let removed: i64 = inner.run(invocation.invoke_async(&mut conn)).await?;
+        Ok(removed == 1)
+    }
+
+    async fn is_member(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        inner
+            .run(conn.sismember(inner.keys.members(chat), user.as_str()))
+            .await
+    }
+
+    async fn set_display_name(&self, user: &UserId, display_name: &str) -> Result<()> {
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        inner
+            .run(conn.hset::<_, _, _, ()>(inner.keys.user(user), "display_name", display_name))
+            .await
+    }
+
+    async fn display_name(&self, user: &UserId) -> Result<Option<String>> {
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        inner.run(conn.hget(inner.keys.user(user), "display_name")).await
+    }
+
+    async fn append(&self, chat: &ChatId, message: NewMessage) -> Result<Appended> {
+        let inner = &self.inner;
+        let k = &inner.keys;
+        let idempotency = message
+            .client_id
+            .as_ref()
+            .map(|client_id| k.idempotency(chat, &message.sender.user_id, client_id));
+        let template = template(chat, message, rfc3339(OffsetDateTime::now_utc()));
+        let mut invocation = inner.scripts.append.prepare_invoke();
+        invocation
+            .key(k.meta(chat))
+            .key(k.epoch(chat))
+            .key(k.seq(chat))
+            .key(k.messages(chat));
+        if let Some(key) = idempotency {
+            invocation.key(key);
+        }
+        invocation
+            .arg(new_epoch())
+            .arg(template)
+            .arg(inner.retention)
+            .arg(inner.opts.idempotency_ttl_secs.max(1))
+            .arg(k.channel(chat))
+            .arg(&inner.event_prefix)
+            .arg(&inner.event_suffix)
+            .arg(ID_NEEDLE)
+            .arg(SEQ_NEEDLE);
+        let mut conn = inner.conn.clone();
+        let reply: Vec<String> = inner.run(invocation.invoke_async(&mut conn)).await?;
+        let (outcome, json) = match reply.as_slice() {
+            [outcome, json] => (outcome.as_str(), json.as_str()),
+            [missing] if missing == "missing" => return Err(Error::NotFound),
+            _ => return Err(backend_error("unexpected reply from the append script")),
+        };
+        Ok(Appended {
+            message: parse_message(json)?,
+            duplicate: outcome == "duplicate",
+        })
+    }
+
+    async fn history(&self, chat: &ChatId, before: Option<Seq>, limit: usize) -> Result<HistoryPage> {
+        let inner = &self.inner;
+        let k = &inner.keys;
+        let end = match before {
+            None => "+".to_owned(),
+            Some(Seq(0 | 1)) => {
+                return if self.chat_exists(chat).await? {
+                    Ok(HistoryPage {
+                        messages: Vec::new(),
+                        has_more: false,
+                    })
+                } else {
+                    Err(Error::NotFound)
+                };
+            }
+            Some(Seq(before)) => (before - 1).to_string(),
+        };
+        let mut conn = inner.conn.clone();
+        let (exists, entries): (bool, Vec<(String, HashMap<String, String>)>) = inner
+            .run(
+                redis::pipe()
+                    .atomic()
+                    .exists(k.meta(chat))
+                    .cmd("XREVRANGE")
+                    .arg(k.messages(chat))
+                    .arg(end)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit.saturating_add(1))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if !exists {
+            return Err(Error::NotFound);
+        }
+        let has_more = entries.len() > limit;
+        let mut messages = entries
+            .into_iter()
+            .take(limit)
+            .filter_map(|(_, fields)| fields.get("m").map(|m| parse_message(m)))
+            .collect::<Result<Vec<_>>>()?;
+        messages.reverse();
+        Ok(HistoryPage { messages, has_more })
+    }
+
+    async fn replay(
+        &self,
+        chat: &ChatId,
+        since: Option<Seq>,
+        epoch: Option<&Epoch>,
+        max: usize,
+    ) -> Result<Replay> {
+        let from = since.map(|s| s.0.saturating_add(1));
+        let snap = self.inner.snapshot(chat, from, max.saturating_add(1)).await?;
+        let current = Epoch::new(snap.epoch.clone()).map_err(backend_error)?;
+        let mut replay = Replay {
+            epoch: current.clone(),
+            last_seq: Seq(snap.last_seq),
+            messages: Vec::new(),
+            recovered: true,
+        };
+        let Some(Seq(since)) = since else {
+            return Ok(replay);
+        };
+        let same_epoch = epoch.is_none_or(|e| *e == current);
+        let missing = snap.last_seq.saturating_sub(since);
+        // The first message the client lacks must still be retained.
+        let oldest = snap.oldest.unwrap_or(snap.last_seq + 1);
+        let retained = since + 1 >= oldest;
+        if !same_epoch || since > snap.last_seq || !retained || missing > max as u64 {
+            replay.recovered = false;
+            return Ok(replay);
+        }
+        replay.messages = snap
+            .messages
+            .into_iter()
+            .filter(|m| m.seq.is_some_and(|s| s.0 > since && s.0 <= snap.last_seq))
+            .collect();
+        Ok(replay)
+    }
+
+    async fn publish(&self, chat: &ChatId, event: ChatEvent) -> Result<()> {
+        self.inner.publish_event(chat, &event).await
+    }
+
+    async fn subscribe(&self, chat: &ChatId) -> Result<()> {
+        let inner = &self.inner;
+        inner.subscribed.lock().entry(chat.clone()).or_default();
+        let confirmed = {
+            let mut slot = inner.pubsub.lock().await;
+            match slot.as_mut() {
+                Some(sink) => inner.run(sink.subscribe(inner.keys.channel(chat))).await,
+                None => Err(backend_error("pub/sub connection is down")),
+            }
+        };
+        // The hub's cursor starts at the chat's newest seq: every local connection reads
+        // its replay after this returns, so anything older reaches it that way.
+        let started = match confirmed {
+            Ok(()) => inner.snapshot(chat, None, 1).await,
+            Err(err) => Err(err),
+        };
+        match started {
+            Ok(snap) => {
+                if let Some(cursor) = inner.subscribed.lock().get_mut(chat) {
+                    if !cursor.known {
+                        *cursor = Cursor {
+                            epoch: Some(snap.epoch),
+                            last: snap.last_seq,
+                            known: true,
+                        };
+                    }
+                }
+                Ok(())
+            }
+            Err(err) => {
+                inner.subscribed.lock().remove(chat);
+                Err(err)
+            }
+        }
+    }
+
+    async fn unsubscribe(&self, chat: &ChatId) -> Result<()> {
+        let inner = &self.inner;
+        inner.subscribed.lock().remove(chat);
+        let mut slot = inner.pubsub.lock().await;
+        match slot.as_mut() {
+            Some(sink) => inner.run(sink.unsubscribe(inner.keys.channel(chat))).await,
+            // A new pub/sub connection subscribes only to chats still in `subscribed`.
+            None => Ok(()),
+        }
+    }
+
+    async fn presence_join(&self, chat: &ChatId, user: &PresenceUser) -> Result<PresenceJoined> {
+        let inner = &self.inner;
+        let _order = inner.presence_order.lock().await;
+        let key = (chat.clone(), user.user_id.clone());
+        let local_first = {
+            let mut local = inner.presence.lock();
+            let entry = local.entry(key.clone()).or_insert_with(|| LocalPresence {
+                user: user.clone(),
+                count: 0,
+            });
+            entry.count += 1;
+            entry.user = user.clone();
+            entry.count == 1
+        };
+        let mut invocation = inner.scripts.presence_join.prepare_invoke();
+        invocation
+            .key(inner.keys.presence(chat))
+            .key(inner.keys.presence_names(chat))
+            .arg(format!("{}:{}", inner.instance, user.user_id.as_str()))
+            .arg(user.user_id.as_str())
+            .arg(&user.username)
+            .arg(inner.opts.presence_ttl_ms.max(1));
+        let mut conn = inner.conn.clone();
+        let reply: Vec<String> = match inner.run(invocation.invoke_async(&mut conn)).await {
+            Ok(reply) => reply,
+            Err(err) => {
+                let mut local = inner.presence.lock();
+                if let Some(entry) = local.get_mut(&key) {
+                    entry.count -= 1;
+                    if entry.count == 0 {
+                        local.remove(&key);
+                    }
+                }
+                return Err(err);
+            }
+        };
+        let mut reply = reply.into_iter();
+        let remote_first = reply.next().as_deref() == Some("1");
+        let mut online = BTreeMap::new();
+        while let (Some(id), Some(username)) = (reply.next(), reply.next()) {
+            if let Ok(user_id) = UserId::new(id) {
+                online.insert(user_id.clone(), PresenceUser { user_id, username });
+            }
+        }
+        Ok(PresenceJoined {
+            first: local_first && remote_first,
+            online: online.into_values().collect(),
+        })
+    }
+
+    async fn presence_leave(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
+        let inner = &self.inner;
+        let _order = inner.presence_order.lock().await;
+        let key = (chat.clone(), user.clone());
+        {
+            let mut local = inner.presence.lock();
+            let Some(entry) = local.get_mut(&key) else {
+                return Ok(false);
+            };
+            entry.count = entry.count.saturating_sub(1);
+            if entry.count > 0 {
+                return Ok(false);
+            }
+            local.remove(&key);
+        }
+        let mut invocation = inner.scripts.presence_leave.prepare_invoke();
+        invocation
+            .key(inner.keys.presence(chat))
+            .key(inner.keys.presence_names(chat))
+            .arg(format!("{}:{}", inner.instance, user.as_str()))
+            .arg(user.as_str());
+        let mut conn = inner.conn.clone();
+        // On failure the lease runs out and another instance's heartbeat announces it.
+        let last: i64 = inner.run(invocation.invoke_async(&mut conn)).await?;
+        Ok(last == 1)
+    }
+}
+
+/// Owns the pub/sub connection: connects, (re)subscribes the chats with local
+/// connections, catches their gap up from the stream, then hands messages to the hub in
+/// order until the connection fails, and starts over.
+async fn supervise(inner: Arc<Inner>, mut up: Option<tokio::sync::oneshot::Sender<()>>) {
+    let mut backoff = Duration::from_millis(20);
+    let max_backoff = Duration::from_millis(inner.opts.reconnect_max_ms.max(20));
+    loop {
+        let connected = async {
+            let pubsub = inner.run(inner.client.get_async_pubsub()).await?;
+            let (mut sink, stream) = pubsub.split();
+            // Hold the slot while resubscribing, so a concurrent subscribe waits for us.
+            let mut slot = inner.pubsub.lock().await;
+            let chats: Vec<ChatId> = inner.subscribed.lock().keys().cloned().collect();
+            if !chats.is_empty() {
+                let channels: Vec<String> = chats.iter().map(|c| inner.keys.channel(c)).collect();
+                inner.run(sink.subscribe(channels)).await?;
+            }
+            *slot = Some(sink.clone());
+            Ok::<_, Error>((sink, stream, chats))
+        }
+        .await;
+        let (mut sink, mut stream, chats) = match connected {
+            Ok(parts) => parts,
+            Err(err) => {
+                tracing::warn!(error = %err, "redis pub/sub unavailable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(max_backoff);
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(20);
+        if let Some(up) = up.take() {
+            let _ = up.send(());
+        }
+        tracing::info!(chats = chats.len(), "redis pub/sub connected");
+        for chat in &chats {
+            catch_up(&inner, chat).await;
+        }
+        let mut health = tokio::time::interval(Duration::from_millis(inner.opts.health_interval_ms.max(10)));
+        health.tick().await;
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    on_message(&inner, msg.get_channel_name(), msg.get_payload_bytes()).await;
+                }
+                _ = health.tick() => {
+                    if inner.run(sink.ping::<redis::Value>()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::warn!("redis pub/sub connection lost; reconnecting");
+        *inner.pubsub.lock().await = None;
+    }
+}
+
+/// Hands one pub/sub message to the hub, keeping each chat's messages gapless and in order.
+async fn on_message(inner: &Inner, channel: &str, payload: &[u8]) {
+    let Some(chat) = inner.keys.chat_of_channel(channel) else {
+        return;
+    };
+    let event: ChatEvent = match serde_json::from_slice(payload) {
+        Ok(event) => event,
+        Err(err) => {
+            tracing::warn!(%chat, error = %err, "unreadable event on the chat channel");
+            return;
+        }
+    };
+    let ChatEvent::Broadcast {
+        event: ServerEvent::NewMessage { message },
+        ..
+    } = &event
+    else {
+        if inner.subscribed.lock().contains_key(&chat) {
+            inner.sink.deliver(&chat, &event);
+        }
+        return;
+    };
+    let (Some(Seq(seq)), Some(epoch)) = (message.seq, epoch_of(message)) else {
+        return;
+    };
+    enum Next {
+        Deliver,
+        Skip,
+        Gap,
+        NewEpoch,
+    }
+    let next = {
+        let mut subscribed = inner.subscribed.lock();
+        let Some(cursor) = subscribed.get_mut(&chat) else {
+            return;
+        };
+        if !cursor.known {
+            cursor.epoch = Some(epoch.to_owned());
+            cursor.last = seq;
+            cursor.known = true;
+            Next::Deliver
+        } else if cursor.epoch.as_deref().is_some_and(|e| e != epoch) {
+            cursor.epoch = Some(epoch.to_owned());
+            cursor.last = seq;
+            Next::NewEpoch
+        } else if seq <= cursor.last {
+            Next::Skip
+        } else if seq == cursor.last + 1 {
+            cursor.epoch = Some(epoch.to_owned());
+            cursor.last = seq;
+            Next::Deliver
+        } else {
+            Next::Gap
+        }
+    };
+    match next {
+        Next::Deliver => inner.sink.deliver(&chat, &event),
+        Next::Skip => {}
+        Next::NewEpoch => {
+            tracing::warn!(%chat, "the chat's store was reset; local clients resume");
+            inner.sink.deliver(&chat, &ChatEvent::Resync);
+        }
+        Next::Gap => {
+            catch_up(inner, &chat).await;
+            // The catch-up read happened after `seq` was published, so it normally
+            // delivered it; if it could not, the chat was resynced and starts over here.
+            let deliver = {
+                let mut subscribed = inner.subscribed.lock();
+                match subscribed.get_mut(&chat) {
+                    Some(cursor) if !cursor.known || cursor.last + 1 == seq => {
+                        *cursor = Cursor {
+                            epoch: Some(epoch.to_owned()),
+                            last: seq,
+                            known: true,
+                        };
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if deliver {
+                inner.sink.deliver(&chat, &event);
+            }
+        }
+    }
+}
+
+/// Delivers what the hub missed of `chat` since its cursor, from the stream. If that
+/// cannot be done, closes the chat's local connections with 1012 so their clients resume.
+async fn catch_up(inner: &Inner, chat: &ChatId) {
+    let cursor = inner.subscribed.lock().get(chat).cloned();
+    let Some(cursor) = cursor else {
+        return;
+    };
+    let resync = |why: &str| {
+        tracing::warn!(%chat, why, "local clients of the chat resume from the store");
+        if let Some(c) = inner.subscribed.lock().get_mut(chat) {
+            // Every local client reconnects and replays; the cursor restarts with the
+            // next message.
+            c.known = false;
+        }
+        inner.sink.deliver(chat, &ChatEvent::Resync);
+    };
+    if !cursor.known {
+        resync("no known position");
+        return;
+    }
+    let max = inner.opts.max_catch_up.max(1);
+    let snap = match inner.snapshot(chat, Some(cursor.last + 1), max + 1).await {
+        Ok(snap) => snap,
+        Err(err) => {
+            tracing::warn!(%chat, error = %err, "catch-up read failed");
+            resync("catch-up read failed");
+            return;
+        }
+    };
+    if cursor.epoch.as_deref().is_some_and(|e| e != snap.epoch) {
+        if let Some(c) = inner.subscribed.lock().get_mut(chat) {
+            c.epoch = Some(snap.epoch.clone());
+            c.last = snap.last_seq;
+        }
+        resync("the chat's store was reset");
+        return;
+    }
+    let oldest = snap.oldest.unwrap_or(snap.last_seq + 1);
+    let missing = snap.last_seq.saturating_sub(cursor.last);
+    if missing == 0 {
+        return;
+    }
+    if cursor.last + 1 < oldest || missing > max as u64 {
+        resync("the gap is no longer in the stream");
+        return;
+    }
+    let mut subscribed = inner.subscribed.lock();
+    let Some(live) = subscribed.get_mut(chat) else {
+        return;
+    };
+    for message in snap.messages {
+        let Some(Seq(seq)) = message.seq else {
+            continue;
+        };
+        if seq != live.last + 1 {
+            continue;
+        }
+        live.last = seq;
+        let event = ChatEvent::Broadcast {
+            event: ServerEvent::NewMessage { message },
+            skip_user: None,
+        };
+        inner.sink.deliver(chat, &event);
+    }
+}
+
+/// Renews this instance's presence leases and announces users whose leases expired.
+async fn heartbeat(inner: Arc<Inner>) {
+    let ttl = inner.opts.presence_ttl_ms.max(3);
+    let mut tick = tokio::time::interval(Duration::from_millis(ttl / 3));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut by_chat: HashMap<ChatId, Vec<PresenceUser>> = HashMap::new();
+        for ((chat, _), local) in inner.presence.lock().iter() {
+            by_chat.entry(chat.clone()).or_default().push(local.user.clone());
+        }
+        for (chat, users) in by_chat {
+            let mut invocation = inner.scripts.presence_beat.prepare_invoke();
+            invocation
+                .key(inner.keys.presence(&chat))
+                .key(inner.keys.presence_names(&chat))
+                .arg(ttl);
+            for user in &users {
+                invocation
+                    .arg(format!("{}:{}", inner.instance, user.user_id.as_str()))
+                    .arg(user.user_id.as_str())
+                    .arg(&user.username);
+            }
+            let mut conn = inner.conn.clone();
+            let gone: Vec<String> = match inner.run(invocation.invoke_async(&mut conn)).await {
+                Ok(gone) => gone,
+                Err(err) => {
+                    tracing::debug!(%chat, error = %err, "presence heartbeat failed");
+                    continue;
+                }
+            };
+            for pair in gone.chunks_exact(2) {
+                let Ok(user_id) = UserId::new(pair[0].clone()) else {
+                    continue;
+                };
+                let event = ChatEvent::Broadcast {
+                    event: ServerEvent::PresenceLeave(PresenceUser {
+                        user_id,
+                        username: pair[1].clone(),
+                    }),
+                    skip_user: None,
+                };
+                if let Err(err) = inner.publish_event(&chat, &event).await {
+                    tracing::debug!(%chat, error = %err, "presence leave of an expired lease not sent");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_chat_shares_its_hash_tag() {
+        let keys = Keys::new("hablar");
+        let chat = ChatId::new("general").expect("chat");
+        let user = UserId::new("a:b}{").expect("user");
+        let client = ClientId::new("c:1").expect("client id");
+        for key in [
+            keys.meta(&chat),
+            keys.members(&chat),
+            keys.epoch(&chat),
+            keys.seq(&chat),
+            keys.messages(&chat),
+            keys.idempotency(&chat, &user, &client),
+            keys.presence(&chat),
+            keys.presence_names(&chat),
+        ] {
+            assert!(key.starts_with("hablar:{general}:"), "{key}");
+        }
+        assert_eq!(keys.user(&user), "hablar:user:a:b}{");
+        assert_eq!(keys.chat_of_channel(&keys.channel(&chat)), Some(chat));
+        assert_eq!(keys.chat_of_channel("other:{general}:events"), None);
+    }
+
+    #[test]
+    fn idempotency_keys_keep_user_and_client_id_apart() {
+        let keys = Keys::new("hablar");
+        let chat = ChatId::new("c").expect("chat");
+        let a = keys.idempotency(
+            &chat,
+            &UserId::new("a:b").expect("user"),
+            &ClientId::new("c").expect("client id"),
+        );
+        let b = keys.idempotency(
+            &chat,
+            &UserId::new("a").expect("user"),
+            &ClientId::new("b:c").expect("client id"),
+        );
+        assert_ne!(a, b);
+    }
+
+    /// What the `append` script does to the template, in Rust.
+    fn complete(template: &str, id: &str, seq: u64) -> String {
+        let splice = |text: &str, needle: &str, value: &str| {
+            let at = text.find(needle).expect("the needle is in the template");
+            format!("{}{value}{}", &text[..at], &text[at + needle.len()..])
+        };
+        let text = splice(template, ID_NEEDLE, &format!("\"id\":\"{id}\""));
+        splice(&text, SEQ_NEEDLE, &format!("\"seq\":{seq}"))
+    }
+
+    #[test]
+    fn the_append_template_completes_to_the_message_and_its_event() {
+        let chat = ChatId::new("general").expect("chat");
+        let mut extra = hablar_protocol::events::Extra::new();
+        // A pass-through field that holds the very placeholders must survive untouched.
+        extra.insert(
+            "reply_to".into(),
+            serde_json::json!({"id": "__hablar_message_id__", "seq": u64::MAX}),
+        );
+        let new = NewMessage {
+            sender: PresenceUser {
+                user_id: UserId::new("alice").expect("user"),
+                username: "Alice".into(),
+            },
+            content: "\"id\":\"__hablar_message_id__\"".into(),
+            client_id: Some(ClientId::new("c1").expect("client id")),
+            extra: extra.clone(),
+        };
+        let text = complete(&template(&chat, new, "2024-01-01T00:00:00Z".into()), "E-7", 7);
+        let message = parse_message(&text).expect("a message");
+        assert_eq!(message.id.as_str(), "E-7");
+        assert_eq!(message.seq, Some(Seq(7)));
+        assert_eq!(message.content, "\"id\":\"__hablar_message_id__\"");
+        assert_eq!(message.extra, extra);
+        assert_eq!(epoch_of(&message), Some("E"));
+
+        let (prefix, suffix) = event_halves();
+        let event: ChatEvent = serde_json::from_str(&format!("{prefix}{text}{suffix}")).expect("an event");
+        assert_eq!(
+            event,
+            ChatEvent::Broadcast {
+                event: ServerEvent::NewMessage { message },
+                skip_user: None
+            }
+        );
+    }
+}
