@@ -97,6 +97,9 @@ pub struct Config {
     /// The limits.
     #[command(flatten)]
     pub limits: Limits,
+    /// The Redis backend's settings.
+    #[command(flatten)]
+    pub redis: crate::backend::redis::RedisOptions,
 }
 
 /// Limits, each with a default that is safe for a public server.

@@ -41,6 +41,7 @@ pub use config::{BackendKind, Config, Limits, Secret};
 pub use error::{Error, Result};
 
 use crate::auth::Verifier;
+use crate::backend::redis::RedisBackend;
 use crate::backend::{Backend, MemoryBackend};
 use crate::limits::ConnectionCounter;
 use crate::metrics::Metrics;
@@ -83,9 +84,19 @@ pub async fn serve(
     let backend: Arc<dyn Backend> = match config.backend {
         BackendKind::Memory => Arc::new(MemoryBackend::new(rooms.clone(), config.limits.history_retention)),
         BackendKind::Redis => {
-            return Err(Error::Config(
-                "the redis backend is not built yet; use --backend memory".into(),
-            ))
+            let url = config
+                .redis_url
+                .as_ref()
+                .ok_or_else(|| Error::Config("--backend redis needs --redis-url (REDIS_URL)".into()))?;
+            Arc::new(
+                RedisBackend::connect(
+                    url.expose(),
+                    rooms.clone(),
+                    config.limits.history_retention,
+                    config.redis.clone(),
+                )
+                .await?,
+            )
         }
     };
     if config.dev {

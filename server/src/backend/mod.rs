@@ -7,6 +7,7 @@
 //! when it is built (the local hub, [`crate::rooms::Rooms`]).
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use hablar_protocol::events::{Extra, HistoryPage, Message, PresenceUser, ServerEvent};
