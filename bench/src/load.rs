@@ -1,0 +1,516 @@
+//! Connections and scenarios: connect a layout's members (counting connect time), sweep
+//! offered publish rates open-loop and measure end-to-end latency, hold connections idle
+//! for their memory, and churn connect/disconnect cycles.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::admin::Layout;
+use crate::pacing::Pacer;
+use crate::payload::{self, Received};
+use crate::procfs::{self, Usage};
+use crate::stats::{Latency, Recorder};
+use crate::{jwt, Error, Result};
+
+type Ws = WebSocketStream<TcpStream>;
+type Sink = SplitSink<Ws, Message>;
+
+/// The system under test, as the generator sees it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// WebSocket bases (`ws://127.0.0.1:PORT`); connection `j` goes to `ws[j % len]`,
+    /// so members are split evenly across instances.
+    pub ws: Vec<String>,
+    /// hablar-server sends `ready` after admitting a connection; a base-layer peer and the
+    /// ceiling send nothing, so for them "connected" is the WebSocket open.
+    pub wait_ready: bool,
+    /// `Origin` header to send (stock Channels refuses handshakes without one).
+    pub origin: Option<String>,
+    /// JWT signing key shared with the server.
+    pub secret: String,
+    /// Processes whose RSS and CPU are the system's cost (server(s), their Redis).
+    pub pids: Vec<u32>,
+}
+
+/// Error counts shared by every connection of a run.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// `error` events received.
+    pub error_events: AtomicU64,
+    /// Connections the server closed or lost while the benchmark still used them.
+    pub unexpected_closes: AtomicU64,
+    /// Sends that failed.
+    pub send_errors: AtomicU64,
+    /// Set when the run tears its connections down on purpose.
+    pub closing: AtomicBool,
+}
+
+impl Counters {
+    /// All errors counted so far.
+    pub fn total(&self) -> u64 {
+        self.error_events.load(Ordering::Relaxed)
+            + self.unexpected_closes.load(Ordering::Relaxed)
+            + self.send_errors.load(Ordering::Relaxed)
+    }
+}
+
+/// Shared state of a run: the clock messages are stamped with, the recorder, the errors.
+pub struct Run {
+    /// Time zero of the payload timestamps.
+    pub epoch: Instant,
+    /// Where deliveries are recorded.
+    pub recorder: Recorder,
+    /// Error counts.
+    pub counters: Counters,
+}
+
+impl Run {
+    /// A fresh run.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            epoch: Instant::now(),
+            recorder: Recorder::new(16),
+            counters: Counters::default(),
+        })
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+}
+
+fn ws_config() -> WebSocketConfig {
+    // 10,000 connections with the default 128 KiB read buffers would cost the generator
+    // 1.3 GB; frames here are a few hundred bytes.
+    WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+}
+
+/// Opens one connection of `user` to `chat` and waits until it counts as connected.
+pub async fn open(target: &Target, base: &str, chat: &str, user: &str, jti: u64) -> Result<Ws> {
+    let token = jwt::mint(&target.secret, user, 3600, jti);
+    let url = format!("{base}/ws/chat/{chat}/?token={token}");
+    let mut request = url.as_str().into_client_request()?;
+    if let Some(origin) = &target.origin {
+        let value = HeaderValue::from_str(origin).map_err(|e| Error::Scenario(e.to_string()))?;
+        request.headers_mut().insert("Origin", value);
+    }
+    let host = base.trim_start_matches("ws://");
+    let stream = TcpStream::connect(host).await?;
+    stream.set_nodelay(true)?;
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config())).await?;
+    if target.wait_ready {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    if payload::classify(&text) == Received::Ready {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
+                    return Err(Error::Refused(format!("closed with {code}")));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(err.into()),
+                None => return Err(Error::Refused("closed before ready".into())),
+            }
+        }
+    }
+    Ok(ws)
+}
+
+/// A connected member: the write half (kept so the socket stays open, and used by
+/// publishers) and the task reading and recording its deliveries.
+pub struct Member {
+    /// Index of the chat in the layout.
+    pub chat: usize,
+    /// The write half.
+    pub sink: Sink,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn spawn_reader(run: Arc<Run>, mut stream: futures_util::stream::SplitStream<Ws>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(frame) = stream.next().await {
+            match frame {
+                Ok(Message::Text(text)) => match payload::classify(&text) {
+                    Received::Message { step, sent_us } => {
+                        let now = run.now_us();
+                        run.recorder.record(step, now.saturating_sub(sent_us));
+                    }
+                    Received::Error => {
+                        run.counters.error_events.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Received::Ready | Received::Other => {}
+                },
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        if !run.counters.closing.load(Ordering::Relaxed) {
+            run.counters.unexpected_closes.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
+/// How connecting a layout went.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConnectResult {
+    /// Connections attempted.
+    pub attempted: usize,
+    /// Connections that got through.
+    pub connected: usize,
+    /// Connections refused or failed.
+    pub errors: usize,
+    /// Wall time of the whole connect phase.
+    pub secs: f64,
+    /// Connections per second over the phase.
+    pub per_sec: f64,
+    /// Time of one connect (TCP + upgrade + `ready` where there is one).
+    pub latency: Latency,
+    /// First error text, if any (never contains a token).
+    pub first_error: Option<String>,
+}
+
+/// Connects every member of `layout`, `concurrency` at a time.
+pub async fn connect_layout(
+    run: &Arc<Run>,
+    target: &Target,
+    layout: &Layout,
+    concurrency: usize,
+    timeout: Duration,
+) -> (Vec<Member>, ConnectResult) {
+    let started = Instant::now();
+    let jobs = (0..layout.chats).flat_map(|i| (0..layout.members).map(move |k| (i, k)));
+    let mut results = futures_util::stream::iter(jobs.enumerate().map(|(j, (i, k))| {
+        let base = target.ws[j % target.ws.len()].clone();
+        let (chat, user) = (layout.chat(i), layout.user(i, k));
+        async move {
+            let t0 = Instant::now();
+            let opened = tokio::time::timeout(timeout, open(target, &base, &chat, &user, j as u64)).await;
+            let opened = opened.unwrap_or_else(|_| Err(Error::Refused("connect timed out".into())));
+            (i, opened.map(|ws| (ws, t0.elapsed())))
+        }
+    }))
+    .buffer_unordered(concurrency.max(1));
+    let mut members = Vec::new();
+    let mut times = Vec::new();
+    let mut result = ConnectResult {
+        attempted: layout.chats * layout.members,
+        ..Default::default()
+    };
+    while let Some((chat, opened)) = results.next().await {
+        match opened {
+            Ok((ws, took)) => {
+                times.push(took);
+                let (sink, stream) = ws.split();
+                members.push(Member {
+                    chat,
+                    sink,
+                    reader: spawn_reader(run.clone(), stream),
+                });
+            }
+            Err(err) => {
+                result.errors += 1;
+                result.first_error.get_or_insert_with(|| err.to_string());
+            }
+        }
+    }
+    result.secs = started.elapsed().as_secs_f64();
+    result.connected = members.len();
+    result.per_sec = result.connected as f64 / result.secs.max(1e-9);
+    result.latency = Latency::of_durations(&times);
+    (members, result)
+}
+
+/// One step of a rate sweep.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StepResult {
+    /// Messages published per second (offered, open loop).
+    pub offered_per_sec: f64,
+    /// Deliveries per second that offer should produce (publishes × members).
+    pub expected_per_sec: f64,
+    /// Deliveries per second measured (deliveries of this step's messages / window).
+    pub delivered_per_sec: f64,
+    /// Deliveries expected in the window but not seen by the end of the drain.
+    pub missing: u64,
+    /// End-to-end latency, due time of the publish to receipt by a member.
+    pub latency: Latency,
+    /// Errors counted during the step.
+    pub errors: u64,
+    /// CPU seconds of the system under test per wall second (2.0 = both cores).
+    pub server_cpu: f64,
+    /// CPU seconds of the generator per wall second.
+    pub generator_cpu: f64,
+    /// RSS of the system under test at the end of the step, KiB.
+    pub server_rss_kb: u64,
+}
+
+/// Knobs of a rate sweep.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    /// Publish rates to offer, in order.
+    pub rates: Vec<f64>,
+    /// Length of each measurement window.
+    pub window: Duration,
+    /// Longest wait for a window's deliveries after its last publish.
+    pub drain: Duration,
+    /// Content size of each message, bytes.
+    pub content_bytes: usize,
+    /// Stop after the first step whose p99 exceeds this (ms), or which loses messages.
+    pub stop_p99_ms: f64,
+}
+
+/// Publishes at each rate of the sweep (round-robin over the chats, each chat's first
+/// member publishing) and measures every step; stops at the first overloaded step.
+pub async fn sweep(
+    run: &Arc<Run>,
+    target: &Target,
+    members: &mut [Member],
+    sweep: &Sweep,
+) -> Vec<StepResult> {
+    // Members per chat (those that connected), and each chat's publisher.
+    let chats = members.iter().map(|m| m.chat + 1).max().unwrap_or(0);
+    let mut per_chat = vec![0u64; chats];
+    let mut publisher: Vec<Option<usize>> = vec![None; chats];
+    for (index, member) in members.iter().enumerate() {
+        per_chat[member.chat] += 1;
+        publisher[member.chat].get_or_insert(index);
+    }
+    let publishers: Vec<(usize, u64)> = (0..chats)
+        .filter_map(|c| publisher[c].map(|p| (p, per_chat[c])))
+        .collect();
+    let mut steps = Vec::new();
+    if publishers.is_empty() {
+        return steps;
+    }
+    let fanout = publishers.iter().map(|p| p.1).sum::<u64>() as f64 / publishers.len() as f64;
+    for (step, &rate) in sweep.rates.iter().enumerate() {
+        let step = step as u32;
+        let pacer = Pacer::new(rate);
+        let count = pacer.count_in(sweep.window).max(1);
+        let errors_before = run.counters.total();
+        let (sys_before, gen_before) = (procfs::usage_sum(&target.pids), procfs::own());
+        run.recorder.open(step);
+        let start = tokio::time::Instant::now();
+        let mut expected = 0u64;
+        for n in 0..count {
+            let due = start + pacer.due(n);
+            tokio::time::sleep_until(due).await;
+            let (index, fan) = publishers[(n as usize) % publishers.len()];
+            let sent_us = (due.into_std() - run.epoch).as_micros() as u64;
+            let frame = payload::new_message(step, sent_us, n, sweep.content_bytes);
+            if members[index].sink.send(Message::text(frame)).await.is_err() {
+                run.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+            } else {
+                expected += fan;
+            }
+        }
+        let published = start.elapsed();
+        // Drain: until everything arrived, or no progress for 500 ms, or the drain limit.
+        let drain_start = Instant::now();
+        let (mut last, mut last_change) = (run.recorder.delivered(), Instant::now());
+        while last < expected && drain_start.elapsed() < sweep.drain {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = run.recorder.delivered();
+            if now != last {
+                (last, last_change) = (now, Instant::now());
+            } else if last_change.elapsed() > Duration::from_millis(500) {
+                break;
+            }
+        }
+        let window = run.recorder.take();
+        let wall = start.elapsed().as_secs_f64();
+        let (sys_after, gen_after) = (procfs::usage_sum(&target.pids), procfs::own());
+        let secs = sweep.window.as_secs_f64().max(published.as_secs_f64());
+        let result = StepResult {
+            offered_per_sec: rate,
+            expected_per_sec: rate * fanout,
+            delivered_per_sec: window.delivered as f64 / secs,
+            missing: expected.saturating_sub(window.delivered),
+            latency: Latency::of(&window.hist),
+            errors: run.counters.total() - errors_before,
+            server_cpu: (sys_after.cpu_secs - sys_before.cpu_secs) / wall,
+            generator_cpu: (gen_after.cpu_secs - gen_before.cpu_secs) / wall,
+            server_rss_kb: sys_after.rss_kb,
+        };
+        eprintln!(
+            "  step {step}: offered {rate:.0}/s → delivered {:.0}/s (expected {:.0}/s), p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, missing {}, errors {}, cpu server {:.2} gen {:.2}",
+            result.delivered_per_sec, result.expected_per_sec, result.latency.p50_ms, result.latency.p99_ms,
+            result.latency.max_ms, result.missing, result.errors, result.server_cpu, result.generator_cpu
+        );
+        let overloaded = result.latency.p99_ms > sweep.stop_p99_ms
+            || result.missing as f64 > 0.01 * expected as f64
+            || result.errors > 0;
+        steps.push(result);
+        if overloaded {
+            break;
+        }
+        // Let queues from this step settle before the next one starts.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    steps
+}
+
+/// Memory of idle connections.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IdleResult {
+    /// Idle connections held.
+    pub connections: usize,
+    /// RSS of the system under test before connecting, KiB.
+    pub rss_before_kb: u64,
+    /// RSS with every connection open and settled, KiB.
+    pub rss_after_kb: u64,
+    /// (after − before) / connections, bytes.
+    pub bytes_per_connection: f64,
+    /// Connections lost while idle.
+    pub dropped: u64,
+}
+
+/// Churn: connect, (ready), close, again, from `concurrency` workers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChurnResult {
+    /// Parallel connect/close loops.
+    pub concurrency: usize,
+    /// Completed connect+close cycles.
+    pub cycles: u64,
+    /// Cycles per second.
+    pub per_sec: f64,
+    /// Connect time per cycle.
+    pub latency: Latency,
+    /// Failed cycles.
+    pub errors: u64,
+    /// First error text, if any.
+    pub first_error: Option<String>,
+    /// CPU of the system under test per wall second.
+    pub server_cpu: f64,
+    /// CPU of the generator per wall second.
+    pub generator_cpu: f64,
+    /// RSS of the system under test after the churn, KiB (leaks show here).
+    pub server_rss_kb: u64,
+}
+
+/// Runs connect/close cycles for `duration` over the users of `layout`.
+pub async fn churn(target: &Target, layout: &Layout, concurrency: usize, duration: Duration) -> ChurnResult {
+    let (sys_before, gen_before) = (procfs::usage_sum(&target.pids), procfs::own());
+    let started = Instant::now();
+    let users = layout.chats * layout.members;
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..concurrency {
+        let target = target.clone();
+        let layout = layout.clone();
+        workers.spawn(async move {
+            let (mut times, mut errors, mut first_error) = (Vec::new(), 0u64, None);
+            let mut j = w;
+            let mut jti = (w as u64) << 32;
+            while started.elapsed() < duration {
+                let (i, k) = ((j % users) / layout.members, (j % users) % layout.members);
+                let base = &target.ws[j % target.ws.len()];
+                let t0 = Instant::now();
+                jti += 1;
+                let opened = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    open(&target, base, &layout.chat(i), &layout.user(i, k), jti),
+                )
+                .await
+                .unwrap_or_else(|_| Err(Error::Refused("connect timed out".into())));
+                match opened {
+                    Ok(mut ws) => {
+                        times.push(t0.elapsed());
+                        // A clean close: send ours, read until the server's close arrives.
+                        let _ = ws.close(None).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                            while let Some(Ok(_)) = ws.next().await {}
+                        })
+                        .await;
+                    }
+                    Err(err) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| err.to_string());
+                    }
+                }
+                j += concurrency;
+            }
+            (times, errors, first_error)
+        });
+    }
+    let mut result = ChurnResult {
+        concurrency,
+        ..Default::default()
+    };
+    let mut times = Vec::new();
+    while let Some(done) = workers.join_next().await {
+        if let Ok((t, e, f)) = done {
+            times.extend(t);
+            result.errors += e;
+            if result.first_error.is_none() {
+                result.first_error = f;
+            }
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let (sys_after, gen_after) = (procfs::usage_sum(&target.pids), procfs::own());
+    result.cycles = times.len() as u64;
+    result.per_sec = result.cycles as f64 / wall;
+    result.latency = Latency::of_durations(&times);
+    result.server_cpu = (sys_after.cpu_secs - sys_before.cpu_secs) / wall;
+    result.generator_cpu = (gen_after.cpu_secs - gen_before.cpu_secs) / wall;
+    result.server_rss_kb = sys_after.rss_kb;
+    result
+}
+
+/// Everything one invocation measured: the unit `report` reads.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunResult {
+    /// System under test (`hablar-memory`, `django-channels`, …).
+    pub target: String,
+    /// Scenario id (`a`, `b`, `d`, `e-a`, …) and its description.
+    pub scenario: String,
+    /// Human description of the scenario.
+    pub description: String,
+    /// Chats in the layout.
+    pub chats: usize,
+    /// Members per chat.
+    pub members: usize,
+    /// Content bytes per message.
+    pub content_bytes: usize,
+    /// The connect phase.
+    pub connect: Option<ConnectResult>,
+    /// Memory of the connections before any message.
+    pub idle: Option<IdleResult>,
+    /// The sweep.
+    pub steps: Vec<StepResult>,
+    /// The churn.
+    pub churn: Option<ChurnResult>,
+    /// Deliveries that arrived after their window was closed.
+    pub stale: u64,
+    /// Generator CPU seconds over the whole invocation.
+    pub generator_cpu_secs: f64,
+    /// Generator peak RSS at the end, KiB.
+    pub generator_rss_kb: u64,
+}
+
+/// Reads the summed usage of the target's processes.
+pub fn system_usage(target: &Target) -> Usage {
+    procfs::usage_sum(&target.pids)
+}

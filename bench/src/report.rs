@@ -1,0 +1,511 @@
+//! Results → BENCHMARKS.md: the figures tables, the goals with their verdicts, and an
+//! SVG chart of delivered messages/s against p99 latency (hand-written SVG, log axes).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::load::{RunResult, StepResult};
+use crate::Result;
+
+/// The latency bound the fan-out figures are quoted at.
+pub const P99_BOUND_MS: f64 = 50.0;
+
+/// Display order and colour of the systems.
+const SYSTEMS: &[(&str, &str, &str)] = &[
+    ("ceiling", "bare ceiling (tokio broadcast)", "#7f7f7f"),
+    ("hablar-memory", "hablar-server, embedded", "#1f77b4"),
+    ("hablar-redis", "hablar-server, Redis, 1 instance", "#2ca02c"),
+    ("hablar-redis-2x", "hablar-server, Redis, 2 instances", "#9467bd"),
+    (
+        "django-channels",
+        "Django Channels (daphne + channels_redis)",
+        "#d62728",
+    ),
+];
+
+fn label(target: &str) -> &str {
+    SYSTEMS
+        .iter()
+        .find(|s| s.0 == target)
+        .map(|s| s.1)
+        .unwrap_or(target)
+}
+
+fn colour(target: &str) -> &str {
+    SYSTEMS
+        .iter()
+        .find(|s| s.0 == target)
+        .map(|s| s.2)
+        .unwrap_or("#000000")
+}
+
+fn order(target: &str) -> usize {
+    SYSTEMS
+        .iter()
+        .position(|s| s.0 == target)
+        .unwrap_or(SYSTEMS.len())
+}
+
+/// A step is within bounds when its p99 is at most 50 ms, it counted no error, and
+/// (nearly) everything offered was delivered.
+pub fn within_bounds(step: &StepResult) -> bool {
+    step.latency.count > 0
+        && step.latency.p99_ms <= P99_BOUND_MS
+        && step.errors == 0
+        && step.delivered_per_sec >= 0.97 * step.expected_per_sec
+}
+
+/// The step with the highest delivered rate within bounds.
+pub fn best(steps: &[StepResult]) -> Option<&StepResult> {
+    steps
+        .iter()
+        .filter(|s| within_bounds(s))
+        .max_by(|a, b| a.delivered_per_sec.total_cmp(&b.delivered_per_sec))
+}
+
+/// `a / b` as "12.3×", or "n/a".
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        (Some(_), Some(_)) => "∞ (other had no step within bounds)".into(),
+        _ => "n/a".into(),
+    }
+}
+
+/// Loads every `*.json` results file of `dir`, sorted by system then scenario.
+pub fn load(dir: &Path) -> Result<Vec<RunResult>> {
+    let mut runs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            runs.push(serde_json::from_str::<RunResult>(&std::fs::read_to_string(
+                &path,
+            )?)?);
+        }
+    }
+    runs.sort_by(|a, b| (order(&a.target), &a.scenario).cmp(&(order(&b.target), &b.scenario)));
+    Ok(runs)
+}
+
+fn find<'a>(runs: &'a [RunResult], target: &str, scenario: &str) -> Option<&'a RunResult> {
+    runs.iter().find(|r| r.target == target && r.scenario == scenario)
+}
+
+fn best_rate(runs: &[RunResult], target: &str, scenario: &str) -> Option<f64> {
+    find(runs, target, scenario).map(|r| best(&r.steps).map(|s| s.delivered_per_sec).unwrap_or(0.0))
+}
+
+fn fmt_rate(r: f64) -> String {
+    if r >= 10_000.0 {
+        format!("{:.0}k", r / 1000.0)
+    } else {
+        format!("{r:.0}")
+    }
+}
+
+/// The markdown of the figures: tables and verdicts.
+pub fn tables(runs: &[RunResult]) -> String {
+    let mut md = String::new();
+    let fanout: Vec<&RunResult> = runs.iter().filter(|r| !r.steps.is_empty()).collect();
+
+    md.push_str("### Fan-out: highest delivered rate with p99 ≤ 50 ms\n\n");
+    md.push_str("| system | scenario | delivered msgs/s | p50 ms | p99 ms | max ms | system CPU (cores) | generator CPU (cores) | vs Django | vs ceiling |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in &fanout {
+        let ours = best_rate(runs, &r.target, &r.scenario);
+        let scenario_base = r.scenario.trim_start_matches("e-");
+        let vs_django = ratio(ours, best_rate(runs, "django-channels", scenario_base));
+        let vs_ceiling = ratio(ours, best_rate(runs, "ceiling", scenario_base));
+        match best(&r.steps) {
+            Some(s) => {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | **{}** | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} |",
+                    label(&r.target),
+                    r.scenario,
+                    fmt_rate(s.delivered_per_sec),
+                    s.latency.p50_ms,
+                    s.latency.p99_ms,
+                    s.latency.max_ms,
+                    s.server_cpu,
+                    s.generator_cpu,
+                    vs_django,
+                    vs_ceiling
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | none within bounds | | | | | | {} | {} |",
+                    label(&r.target),
+                    r.scenario,
+                    vs_django,
+                    vs_ceiling
+                );
+            }
+        }
+    }
+
+    md.push_str("\n### Every sweep step\n\n");
+    md.push_str("| system | scenario | offered pub/s | expected deliveries/s | delivered/s | p50 ms | p99 ms | max ms | missing | errors | system CPU | generator CPU | system RSS MiB |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in &fanout {
+        for s in &r.steps {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {:.2} | {:.2} | {:.1} |",
+                r.target,
+                r.scenario,
+                s.offered_per_sec,
+                s.expected_per_sec,
+                s.delivered_per_sec,
+                s.latency.p50_ms,
+                s.latency.p99_ms,
+                s.latency.max_ms,
+                s.missing,
+                s.errors,
+                s.server_cpu,
+                s.generator_cpu,
+                s.server_rss_kb as f64 / 1024.0
+            );
+        }
+    }
+
+    md.push_str("\n### Connecting, and idle connections\n\n");
+    md.push_str("| system | scenario | connections | connects/s | connect p50 ms | connect p99 ms | connect errors | RSS before MiB | RSS idle MiB | **RSS per idle connection** | dropped while idle |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in &fanout {
+        if let (Some(c), Some(i)) = (&r.connect, &r.idle) {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {:.1} | {:.1} | **{:.1} KB** | {} |",
+                label(&r.target),
+                r.scenario,
+                c.connected,
+                c.per_sec,
+                c.latency.p50_ms,
+                c.latency.p99_ms,
+                c.errors,
+                i.rss_before_kb as f64 / 1024.0,
+                i.rss_after_kb as f64 / 1024.0,
+                i.bytes_per_connection / 1000.0,
+                i.dropped
+            );
+        }
+    }
+
+    let churns: Vec<&RunResult> = runs.iter().filter(|r| r.churn.is_some()).collect();
+    if !churns.is_empty() {
+        md.push_str("\n### Connect/disconnect churn\n\n");
+        md.push_str("| system | loops | cycles/s | connect p50 ms | connect p99 ms | errors | system CPU | generator CPU | system RSS after MiB |\n");
+        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for r in churns {
+            let c = r.churn.as_ref().expect("filtered on churn");
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.1} | {:.1} | {} | {:.2} | {:.2} | {:.1} |",
+                label(&r.target),
+                c.concurrency,
+                c.per_sec,
+                c.latency.p50_ms,
+                c.latency.p99_ms,
+                c.errors,
+                c.server_cpu,
+                c.generator_cpu,
+                c.server_rss_kb as f64 / 1024.0
+            );
+        }
+    }
+    md.push_str("\n### Goals\n\n");
+    md.push_str(&verdicts(runs));
+    md
+}
+
+/// The goals of issue 7, each with its measured figure and PASS or SHORT.
+pub fn verdicts(runs: &[RunResult]) -> String {
+    let mut md = String::new();
+    let mut line = |ok: Option<bool>, text: String| {
+        let mark = match ok {
+            Some(true) => "PASS",
+            Some(false) => "SHORT",
+            None => "NOT MEASURED",
+        };
+        let _ = writeln!(md, "- **{mark}**: {text}");
+    };
+    for scenario in ["a", "b"] {
+        let ours = best_rate(runs, "hablar-memory", scenario);
+        let django = best_rate(runs, "django-channels", scenario);
+        let ceiling = best_rate(runs, "ceiling", scenario);
+        let vs_django = match (ours, django) {
+            (Some(o), Some(d)) => Some(if d > 0.0 { o / d >= 30.0 } else { o > 0.0 }),
+            _ => None,
+        };
+        line(
+            vs_django,
+            format!(
+                "scenario ({scenario}): ours ≥ 30× Django Channels at p99 ≤ 50 ms: {} vs {} msgs/s = {}",
+                opt(ours),
+                opt(django),
+                ratio(ours, django)
+            ),
+        );
+        line(
+            ours.zip(ceiling).map(|(o, c)| c > 0.0 && o / c >= 0.70),
+            format!(
+                "scenario ({scenario}): ours ≥ 70% of the bare ceiling: {} vs {} msgs/s = {}",
+                opt(ours),
+                opt(ceiling),
+                ratio(ours, ceiling)
+            ),
+        );
+    }
+    let idle = find(runs, "hablar-memory", "b").and_then(|r| r.idle.as_ref());
+    line(
+        idle.map(|i| i.bytes_per_connection < 16_000.0),
+        format!(
+            "idle memory per connection < 16 KB (embedded, {} connections): {}",
+            idle.map(|i| i.connections).unwrap_or(0),
+            idle.map(|i| format!("{:.1} KB", i.bytes_per_connection / 1000.0))
+                .unwrap_or_else(|| "n/a".into())
+        ),
+    );
+    for scenario in ["a", "b"] {
+        let two = best_rate(runs, "hablar-redis-2x", &format!("e-{scenario}"));
+        let one = best_rate(runs, "hablar-memory", scenario);
+        let one_redis = best_rate(runs, "hablar-redis", scenario);
+        line(
+            two.zip(one).map(|(t, o)| t > 0.0 && o / t <= 2.0),
+            format!(
+                "scenario (e) on the ({scenario}) layout: two instances + Redis within 2× of one instance: {} vs {} msgs/s embedded ({}), vs {} msgs/s one Redis instance ({})",
+                opt(two), opt(one), ratio(two, one), opt(one_redis), ratio(two, one_redis)
+            ),
+        );
+    }
+    md
+}
+
+fn opt(rate: Option<f64>) -> String {
+    rate.map(fmt_rate).unwrap_or_else(|| "n/a".into())
+}
+
+/// The chart: delivered msgs/s (x, log) against p99 latency (y, log), one line per
+/// system and scenario, with the 50 ms bound drawn.
+pub fn svg(runs: &[RunResult]) -> String {
+    let (w, h) = (900.0, 540.0);
+    let (left, right, top, bottom) = (80.0, 260.0, 40.0, 60.0);
+    let (x0, x1) = (2.0f64, 7.0f64); // 100 … 10M msgs/s
+    let (y0, y1) = (-1.0f64, 4.0f64); // 0.1 ms … 10 s
+    let px = |rate: f64| left + (rate.max(1.0).log10().clamp(x0, x1) - x0) / (x1 - x0) * (w - left - right);
+    let py =
+        |ms: f64| h - bottom - (ms.max(0.01).log10().clamp(y0, y1) - y0) / (y1 - y0) * (h - top - bottom);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">Delivered messages/s vs p99 end-to-end latency (loopback, 2 cores)</text>"#,
+        (w - right + left) / 2.0
+    );
+    for e in (x0 as i32)..=(x1 as i32) {
+        let x = px(10f64.powi(e));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x}" y1="{top}" x2="{x}" y2="{}" stroke="#ddd"/>"##,
+            h - bottom
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{x}" y="{}" text-anchor="middle">{}</text>"#,
+            h - bottom + 18.0,
+            fmt_rate(10f64.powi(e))
+        );
+    }
+    for e in (y0 as i32)..=(y1 as i32) {
+        let y = py(10f64.powi(e));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/>"##,
+            w - right
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{} ms</text>"#,
+            left - 6.0,
+            y + 4.0,
+            10f64.powi(e)
+        );
+    }
+    let bound = py(P99_BOUND_MS);
+    let _ = writeln!(
+        s,
+        r##"<line x1="{left}" y1="{bound}" x2="{}" y2="{bound}" stroke="#000" stroke-dasharray="2,3"/><text x="{}" y="{}" >p99 = 50 ms</text>"##,
+        w - right,
+        left + 4.0,
+        bound - 4.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">delivered messages/s (log)</text>"#,
+        (w - right + left) / 2.0,
+        h - 20.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="18" y="{}" text-anchor="middle" transform="rotate(-90 18 {})">p99 latency (log)</text>"#,
+        (h - bottom + top) / 2.0,
+        (h - bottom + top) / 2.0
+    );
+    let mut legend_y = top + 10.0;
+    let mut series: BTreeMap<(usize, String), &RunResult> = BTreeMap::new();
+    for r in runs.iter().filter(|r| !r.steps.is_empty()) {
+        series.insert((order(&r.target), r.scenario.clone()), r);
+    }
+    for r in series.values() {
+        let colour = colour(&r.target);
+        let dash = if r.scenario.ends_with('b') {
+            r#" stroke-dasharray="6,4""#
+        } else {
+            ""
+        };
+        let points: Vec<String> = r
+            .steps
+            .iter()
+            .filter(|st| st.latency.count > 0)
+            .map(|st| format!("{:.1},{:.1}", px(st.delivered_per_sec), py(st.latency.p99_ms)))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>"#,
+            points.join(" ")
+        );
+        for p in &points {
+            let (x, y) = p.split_once(',').expect("formatted as x,y");
+            let _ = writeln!(s, r#"<circle cx="{x}" cy="{y}" r="3" fill="{colour}"/>"#);
+        }
+        let lx = w - right + 12.0;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" y1="{legend_y}" x2="{}" y2="{legend_y}" stroke="{colour}" stroke-width="2"{dash}/><text x="{}" y="{}" font-size="11">{} ({})</text>"#,
+            lx + 24.0,
+            lx + 30.0,
+            legend_y + 4.0,
+            r.target,
+            r.scenario
+        );
+        legend_y += 18.0;
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" font-size="10">solid: (a) 1 chat × 1,000; dashed: (b) 1,000 chats × 10</text>"#,
+        w - right + 12.0,
+        legend_y + 10.0
+    );
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Renders BENCHMARKS.md from the template and writes the chart.
+pub fn write_all(
+    results: &Path,
+    template: &Path,
+    machine: &Path,
+    out: &Path,
+    svg_path: &Path,
+    svg_link: &str,
+) -> Result<()> {
+    let runs = load(results)?;
+    std::fs::write(svg_path, svg(&runs))?;
+    let chart = format!("![delivered msgs/s vs p99 latency]({svg_link})");
+    let text = std::fs::read_to_string(template)?
+        .replace("{{MACHINE}}", std::fs::read_to_string(machine)?.trim_end())
+        .replace("{{RESULTS}}", tables(&runs).trim_end())
+        .replace("{{CHART}}", &chart);
+    std::fs::write(out, text)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Latency;
+
+    fn step(delivered: f64, expected: f64, p99: f64) -> StepResult {
+        StepResult {
+            delivered_per_sec: delivered,
+            expected_per_sec: expected,
+            latency: Latency {
+                count: 10,
+                p99_ms: p99,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn best_is_the_fastest_step_within_the_latency_bound() {
+        let steps = vec![
+            step(1000.0, 1000.0, 2.0),
+            step(4000.0, 4000.0, 30.0),
+            step(7000.0, 8000.0, 400.0),
+        ];
+        assert_eq!(best(&steps).map(|s| s.delivered_per_sec), Some(4000.0));
+    }
+
+    #[test]
+    fn a_step_that_loses_messages_is_not_within_bounds() {
+        assert!(!within_bounds(&step(900.0, 1000.0, 1.0)));
+        assert!(within_bounds(&step(990.0, 1000.0, 1.0)));
+        assert!(best(&[step(10.0, 100.0, 1.0)]).is_none());
+    }
+
+    #[test]
+    fn ratios_read_as_multiples() {
+        assert_eq!(ratio(Some(300.0), Some(10.0)), "30.00×");
+        assert_eq!(ratio(Some(1.0), None), "n/a");
+        assert!(ratio(Some(1.0), Some(0.0)).starts_with('∞'));
+    }
+
+    #[test]
+    fn the_chart_has_one_line_per_sweep_and_the_bound() {
+        let run = RunResult {
+            target: "hablar-memory".into(),
+            scenario: "a".into(),
+            steps: vec![step(1000.0, 1000.0, 2.0), step(2000.0, 2000.0, 3.0)],
+            ..Default::default()
+        };
+        let svg = svg(&[run]);
+        assert!(svg.starts_with("<svg"));
+        assert_eq!(svg.matches("<polyline").count(), 1);
+        assert_eq!(svg.matches("<circle").count(), 2);
+        assert!(svg.contains("p99 = 50 ms"));
+    }
+
+    #[test]
+    fn verdicts_say_pass_or_short() {
+        let mk = |target: &str, rate: f64| RunResult {
+            target: target.into(),
+            scenario: "a".into(),
+            steps: vec![step(rate, rate, 5.0)],
+            ..Default::default()
+        };
+        let runs = vec![
+            mk("hablar-memory", 300_000.0),
+            mk("django-channels", 5_000.0),
+            mk("ceiling", 500_000.0),
+        ];
+        let text = verdicts(&runs);
+        assert!(
+            text.contains("**PASS**: scenario (a): ours ≥ 30× Django"),
+            "{text}"
+        );
+        assert!(
+            text.contains("**SHORT**: scenario (a): ours ≥ 70% of the bare ceiling"),
+            "{text}"
+        );
+    }
+}
