@@ -150,10 +150,10 @@ pub enum Output<M> {
     Send(Frame<M>),
     /// The connection state changed.
     State(State),
-    /// The list of users typing changed.
-    Typers(Vec<Typer>),
-    /// The list of online users changed.
-    Presence(Vec<User>),
+    /// The list of users typing changed: see [`Machine::typers`].
+    TypersChanged,
+    /// The list of online users changed: see [`Machine::presence`].
+    PresenceChanged,
     /// The app should reload history over HTTP.
     ReloadHistory(ReloadReason),
     /// A waiting send will not be delivered.
@@ -496,7 +496,7 @@ impl<M: Clone> Machine<M> {
                 }
                 let reload = self.resume.on_ready(epoch.as_deref(), last_seq, recovered);
                 self.presence = presence;
-                self.out.push_back(Output::Presence(self.presence.clone()));
+                self.out.push_back(Output::PresenceChanged);
                 if let Phase::Handshake { .. } = self.phase {
                     self.enter_open(now);
                 }
@@ -529,7 +529,7 @@ impl<M: Clone> Machine<M> {
             Incoming::PresenceJoin(user) => {
                 if !self.presence.iter().any(|u| u.user_id == user.user_id) {
                     self.presence.push(user);
-                    self.out.push_back(Output::Presence(self.presence.clone()));
+                    self.out.push_back(Output::PresenceChanged);
                 }
             }
             Incoming::PresenceLeave { user_id } => {
@@ -537,7 +537,7 @@ impl<M: Clone> Machine<M> {
                 let before = self.presence.len();
                 self.presence.retain(|u| u.user_id != user_id);
                 if self.presence.len() != before {
-                    self.out.push_back(Output::Presence(self.presence.clone()));
+                    self.out.push_back(Output::PresenceChanged);
                 }
             }
             Incoming::Error { code, client_id } => {
@@ -716,7 +716,7 @@ impl<M: Clone> Machine<M> {
     }
 
     fn emit_typers(&mut self) {
-        self.out.push_back(Output::Typers(self.typers.list().to_vec()));
+        self.out.push_back(Output::TypersChanged);
     }
 
     fn reject_all(&mut self, error: SendError) {

@@ -15,7 +15,6 @@ use hablar_protocol::{ChatId, CloseCode};
 use js_sys::{Function, Object, Promise, JSON};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use wasm_bindgen_futures::JsFuture;
 use web_sys::EventTarget;
 
 use self::js::{get, get_ms, get_str, now, object, set};
@@ -24,7 +23,7 @@ use self::types::{
     ChatUsers, ConnectionState, ErrorListener, HablarOptions, MessageListener, MessagePromise,
     OutgoingMessage, ReloadHistoryListener, StateListener, Unsubscribe, UsersListener,
 };
-use crate::machine::{Config, Frame, Incoming, Machine, Output, ReloadReason, State, User};
+use crate::machine::{Config, Frame, Incoming, Machine, Output, ReloadReason, State};
 
 /// What the app subscribed to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -49,6 +48,13 @@ struct PendingSend {
     client_id: String,
     resolve: Function,
     reject: Function,
+}
+
+/// The two callbacks of one provider promise.
+struct TokenWait {
+    generation: u32,
+    _on_token: Closure<dyn FnMut(JsValue)>,
+    _on_error: Closure<dyn FnMut(JsValue)>,
 }
 
 /// Where tokens come from.
@@ -99,6 +105,12 @@ pub struct Inner {
     user_from_options: bool,
     /// The socket of the current attempt.
     socket: RefCell<Option<Socket>>,
+    /// Closures let go of while one of them may be running (a socket's close handler
+    /// drops its socket): freed on the next entry that is none of theirs.
+    graveyard: RefCell<Vec<Box<dyn std::any::Any>>>,
+    /// The callbacks of token-provider promises not settled yet, by attempt: kept
+    /// until their promise settles, however late.
+    token_waits: RefCell<Vec<TokenWait>>,
     /// Counts connection attempts, so a token that arrives for an abandoned attempt
     /// is not used to open a socket.
     attempt_gen: Cell<u32>,
@@ -181,6 +193,8 @@ impl HablarClient {
                 cached_token: RefCell::new(None),
                 user_from_options,
                 socket: RefCell::new(None),
+                graveyard: RefCell::new(Vec::new()),
+                token_waits: RefCell::new(Vec::new()),
                 attempt_gen: Cell::new(0),
                 timer: RefCell::new(None),
                 timer_callback,
@@ -195,6 +209,7 @@ impl HablarClient {
 
     /// Connects, and keeps reconnecting until `close()` or a `failed` state.
     pub fn connect(&self) {
+        self.inner.sweep();
         self.inner.machine.borrow_mut().connect(now());
         self.inner.pump();
     }
@@ -202,6 +217,7 @@ impl HablarClient {
     /// Closes the connection for good: sends `typing_stop` if typing, and rejects every
     /// send still waiting with code `closed`. `connect()` starts again.
     pub fn close(&self) {
+        self.inner.sweep();
         self.inner.machine.borrow_mut().close();
         self.inner.pump();
     }
@@ -211,6 +227,7 @@ impl HablarClient {
     /// `closed`, `failed`, or the server's error code). While offline the message waits
     /// in the outbox and is sent on reconnect with the same `client_id`.
     pub fn send(&self, message: OutgoingMessage) -> MessagePromise {
+        self.inner.sweep();
         let message: JsValue = message.into();
         let content_chars = get_str(&message, "content")
             .map(|c| c.trim().chars().count())
@@ -259,6 +276,7 @@ impl HablarClient {
     /// Call on every keystroke: sends at most one `typing_start` per 3 s, and
     /// `typing_stop` after 2 s without a keystroke. Ignored while not connected.
     pub fn typing(&self) {
+        self.inner.sweep();
         self.inner.machine.borrow_mut().keystroke(now());
         self.inner.pump();
     }
@@ -266,6 +284,7 @@ impl HablarClient {
     /// Typing ended without a send (input cleared or blurred): sends `typing_stop`.
     #[wasm_bindgen(js_name = "stopTyping")]
     pub fn stop_typing(&self) {
+        self.inner.sweep();
         self.inner.machine.borrow_mut().stop_typing();
         self.inner.pump();
     }
@@ -279,15 +298,13 @@ impl HablarClient {
     /// Who is typing now (never the user themself).
     #[wasm_bindgen(getter, js_name = "typingUsers")]
     pub fn typing_users(&self) -> ChatUsers {
-        let machine = self.inner.machine.borrow();
-        users_js(machine.typers().iter().map(|t| (&t.user_id, &t.username))).unchecked_into()
+        typers_js(&self.inner.machine.borrow()).unchecked_into()
     }
 
     /// Who is online now (from `ready` and presence events; empty with base-layer peers).
     #[wasm_bindgen(getter)]
     pub fn presence(&self) -> ChatUsers {
-        let machine = self.inner.machine.borrow();
-        users_js(machine.presence().iter().map(|u| (&u.user_id, &u.username))).unchecked_into()
+        presence_js(&self.inner.machine.borrow()).unchecked_into()
     }
 
     /// The user's id: from `ready`, the `userId` option, or the token's `user_id` claim.
@@ -378,8 +395,10 @@ impl Inner {
             Output::Connect { refresh_token, since } => self.start_attempt(refresh_token, since),
             Output::Disconnect { code } => {
                 self.attempt_gen.set(self.attempt_gen.get().wrapping_add(1));
-                if let Some(socket) = self.take_socket() {
+                if let Some(socket) = self.socket.borrow_mut().take() {
+                    socket.unhook();
                     socket.close(code);
+                    self.bury(socket);
                 }
             }
             Output::Send(frame) => {
@@ -394,14 +413,14 @@ impl Inner {
                 }
             }
             Output::State(state) => self.emit(Topic::State, &state_js(&state)),
-            Output::Typers(typers) => self.emit(
-                Topic::Typing,
-                &users_js(typers.iter().map(|t| (&t.user_id, &t.username))),
-            ),
-            Output::Presence(users) => self.emit(
-                Topic::Presence,
-                &users_js(users.iter().map(|u: &User| (&u.user_id, &u.username))),
-            ),
+            Output::TypersChanged => {
+                let typers = typers_js(&self.machine.borrow());
+                self.emit(Topic::Typing, &typers);
+            }
+            Output::PresenceChanged => {
+                let users = presence_js(&self.machine.borrow());
+                self.emit(Topic::Presence, &users);
+            }
             Output::ReloadHistory(reason) => {
                 let event = object();
                 let reason = match reason {
@@ -422,7 +441,7 @@ impl Inner {
     fn start_attempt(&self, refresh_token: bool, since: Option<(u64, String)>) {
         let generation = self.attempt_gen.get().wrapping_add(1);
         self.attempt_gen.set(generation);
-        drop(self.take_socket());
+        self.retire_socket();
         if refresh_token {
             self.cached_token.replace(None);
         }
@@ -440,20 +459,47 @@ impl Inner {
                     return self.token_arrived(token, since);
                 }
                 let weak = self.me.clone();
-                wasm_bindgen_futures::spawn_local(async move {
-                    let result = JsFuture::from(Promise::resolve(&value)).await;
-                    let Some(inner) = weak.upgrade() else { return };
-                    if inner.attempt_gen.get() != generation {
-                        return; // the attempt was abandoned meanwhile
+                let on_token = Closure::<dyn FnMut(JsValue)>::new(move |token: JsValue| {
+                    if let Some(inner) = weak.upgrade() {
+                        inner.token_settled(generation, token.as_string(), since.clone());
                     }
-                    match result.ok().and_then(|v| v.as_string()) {
-                        Some(token) => inner.token_arrived(token, since),
-                        None => inner.machine.borrow_mut().on_connect_error(now()),
+                });
+                let weak = self.me.clone();
+                let on_error = Closure::<dyn FnMut(JsValue)>::new(move |_: JsValue| {
+                    if let Some(inner) = weak.upgrade() {
+                        inner.token_settled(generation, None, None);
                     }
-                    inner.pump();
+                });
+                let _ = Promise::resolve(&value).then2(&on_token, &on_error);
+                self.token_waits.borrow_mut().push(TokenWait {
+                    generation,
+                    _on_token: on_token,
+                    _on_error: on_error,
                 });
             }
         }
+    }
+
+    /// The provider's promise for attempt `generation` settled with `token` (`None`:
+    /// rejected or not a string).
+    fn token_settled(&self, generation: u32, token: Option<String>, since: Option<(u64, String)>) {
+        self.sweep();
+        let wait = {
+            let mut waits = self.token_waits.borrow_mut();
+            let i = waits.iter().position(|w| w.generation == generation);
+            i.map(|i| waits.swap_remove(i))
+        };
+        if let Some(wait) = wait {
+            self.bury(wait); // one of its closures is running
+        }
+        if self.attempt_gen.get() != generation {
+            return; // the attempt was abandoned meanwhile
+        }
+        match token {
+            Some(token) => self.token_arrived(token, since),
+            None => self.machine.borrow_mut().on_connect_error(now()),
+        }
+        self.pump();
     }
 
     fn token_arrived(&self, token: String, since: Option<(u64, String)>) {
@@ -487,26 +533,40 @@ impl Inner {
         }
     }
 
-    /// Takes the current socket out, unhooked. Its handlers' closures are dropped after
-    /// the current callback returns (one of them may be running now).
-    fn take_socket(&self) -> Option<DeferredDrop> {
-        let socket = self.socket.borrow_mut().take()?;
-        socket.unhook();
-        Some(DeferredDrop(Some(socket)))
+    /// Lets the current socket go: unhooked at once, its closures freed later (one of
+    /// them may be running now).
+    fn retire_socket(&self) {
+        if let Some(socket) = self.socket.borrow_mut().take() {
+            socket.unhook();
+            self.bury(socket);
+        }
+    }
+
+    fn bury(&self, thing: impl std::any::Any) {
+        self.graveyard.borrow_mut().push(Box::new(thing));
+    }
+
+    /// Frees what was buried. Called on entries that cannot be a buried closure.
+    fn sweep(&self) {
+        let buried = std::mem::take(&mut *self.graveyard.borrow_mut());
+        drop(buried);
     }
 
     fn on_socket_open(&self) {
+        self.sweep();
         self.machine.borrow_mut().on_socket_open(now());
         self.pump();
     }
 
     fn on_socket_close(&self, code: u16) {
-        drop(self.take_socket());
+        self.sweep();
+        self.retire_socket();
         self.machine.borrow_mut().on_socket_close(now(), code);
         self.pump();
     }
 
     fn on_socket_frame(&self, text: &str) {
+        self.sweep();
         let Some((frame, incoming)) = decode::decode(text) else {
             return;
         };
@@ -537,6 +597,7 @@ impl Inner {
     }
 
     fn on_timer(&self) {
+        self.sweep();
         self.timer.replace(None);
         self.machine.borrow_mut().tick(now());
         self.pump();
@@ -588,32 +649,13 @@ impl Inner {
     }
 }
 
-/// A socket whose drop waits for a microtask: dropping a `Closure` while it runs is not
-/// allowed, and a close handler is exactly where sockets are let go.
-struct DeferredDrop(Option<Socket>);
-
-impl DeferredDrop {
-    fn close(&self, code: u16) {
-        if let Some(socket) = &self.0 {
-            socket.close(code);
-        }
-    }
-}
-
-impl Drop for DeferredDrop {
-    fn drop(&mut self) {
-        if let Some(socket) = self.0.take() {
-            wasm_bindgen_futures::spawn_local(async move { drop(socket) });
-        }
-    }
-}
-
 /// Registers the `online` and `visibilitychange` listeners, where the host has them.
 fn page_listeners(me: &Weak<Inner>) -> Option<PageListeners> {
     let global: EventTarget = js_sys::global().dyn_into().ok()?;
     let weak = me.clone();
     let on_online = Closure::<dyn FnMut()>::new(move || {
         if let Some(inner) = weak.upgrade() {
+            inner.sweep();
             inner.machine.borrow_mut().on_online(now());
             inner.pump();
         }
@@ -624,6 +666,7 @@ fn page_listeners(me: &Weak<Inner>) -> Option<PageListeners> {
     let on_visibility = Closure::<dyn FnMut()>::new(move || {
         let hidden = doc.as_ref().and_then(|d| get(d, "hidden").as_bool());
         if let (Some(inner), Some(false)) = (weak.upgrade(), hidden) {
+            inner.sweep();
             inner.machine.borrow_mut().on_visible(now());
             inner.pump();
         }
@@ -690,14 +733,33 @@ fn state_js(state: &State) -> JsValue {
     out
 }
 
-/// `[{ userId, username }]`.
-fn users_js<'a>(users: impl Iterator<Item = (&'a String, &'a String)>) -> JsValue {
+fn typers_js(machine: &Machine<String>) -> JsValue {
     let list = js_sys::Array::new();
-    for (user_id, username) in users {
-        let user = object();
-        set(&user, "userId", &JsValue::from_str(user_id));
-        set(&user, "username", &JsValue::from_str(username));
-        list.push(&user);
+    for t in machine.typers() {
+        list.push(&user_js(&t.user_id, &t.username));
     }
     list.into()
 }
+
+fn presence_js(machine: &Machine<String>) -> JsValue {
+    let list = js_sys::Array::new();
+    for u in machine.presence() {
+        list.push(&user_js(&u.user_id, &u.username));
+    }
+    list.into()
+}
+
+/// `{ userId, username }`.
+fn user_js(user_id: &str, username: &str) -> JsValue {
+    let user = object();
+    set(&user, "userId", &JsValue::from_str(user_id));
+    set(&user, "username", &JsValue::from_str(username));
+    user
+}
+
+/// A small allocator: the SDK's allocations are few and small, and dlmalloc's code is a
+/// large share of the download. `LockedAllocator` needs no `unsafe` (wasm here is
+/// single-threaded, so its lock is never contended).
+#[global_allocator]
+static ALLOCATOR: lol_alloc::LockedAllocator<lol_alloc::FreeListAllocator> =
+    lol_alloc::LockedAllocator::new(lol_alloc::FreeListAllocator::new());
