@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Smoke run of the load generator (part of the test command; the benchmarks themselves are
+# scripts/bench.sh): builds the debug binaries, starts hablar-server (embedded) and the
+# bare ceiling on free ports, runs a tiny fan-out sweep against each, and fails unless
+# every connection connected, every message was delivered and no error was counted.
+# Takes well under a minute once built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+cargo build --quiet -p hablar-server -p hablar-bench
+BIN=target/debug
+export BENCH_LOGS
+BENCH_LOGS=$(mktemp -d)
+source scripts/bench-lib.sh
+trap 'stop_all; rm -rf "$BENCH_LOGS"' EXIT
+
+tiny=(--prefix smoke --chats 3 --members 5 --start-rate 20 --factor 2 --max-rate 40
+  --window-secs 1 --drain-secs 3 --stop-p99-ms 5000 --idle-secs 0 --strict
+  --secret "$BENCH_SECRET" --admin-key "$BENCH_ADMIN_KEY")
+
+start_server "$BIN/hablar-server" smoke-server
+"$BIN/hablar-bench" fanout --target-name hablar-memory --scenario smoke "${tiny[@]}" \
+  --ws "ws://127.0.0.1:$PORT" --pid "$PID" --wait-ready --admin "127.0.0.1:$PORT"
+
+start_ceiling "$BIN/hablar-ceiling" smoke-ceiling
+"$BIN/hablar-bench" fanout --target-name ceiling --scenario smoke "${tiny[@]}" \
+  --ws "ws://127.0.0.1:$PORT" --pid "$PID"
+
+echo "bench smoke: ok"

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Runs every benchmark of issue 7 in one go, on this machine over loopback, and
+# regenerates BENCHMARKS.md, bench/chart.svg and bench/results/*.json from what it measured.
+#
+#   scripts/bench.sh                 about 10-15 minutes
+#
+# Systems, each started fresh for each scenario on free ports and stopped after:
+#   ceiling          bench's hablar-ceiling (bare tokio broadcast of the client's frame)
+#   hablar-memory    hablar-server, embedded backend
+#   hablar-redis     hablar-server, Redis backend, one instance (+ its redis-server)
+#   hablar-redis-2x  two hablar-server instances on one Redis, members split across them
+#   django-channels  the tests/django baseline: daphne + channels_redis (+ its redis-server)
+# Scenarios (same generator, same 100-byte message content everywhere):
+#   a   1 chat × 1,000 members, one publisher, rate sweep
+#   b   1,000 chats × 10 members (10,000 connections: also the idle-memory figure), sweep
+#   d   connect/disconnect churn, 32 loops, 8 s
+#   e-a, e-b  layouts a and b on hablar-redis-2x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+PROFILE=bench-release
+BIN=target/$PROFILE
+OUT=target/bench-results
+export BENCH_LOGS=$OUT/logs
+rm -rf "$OUT"
+mkdir -p "$OUT" "$BENCH_LOGS"
+source scripts/bench-lib.sh
+trap stop_all EXIT
+
+say() { printf '\n=== %s\n' "$*" >&2; }
+
+say "building ($PROFILE)"
+cargo build --quiet --profile "$PROFILE" -p hablar-server -p hablar-bench
+
+say "preparing the Django baseline (venv, DB with the bench layouts)"
+export HABLAR_DJANGO_DB=$PWD/$OUT/django.sqlite3
+tests/django/setup.sh >/dev/null
+tests/django/.venv/bin/python tests/django/manage.py bench_seed --prefix fa --chats 1 --members 1000
+tests/django/.venv/bin/python tests/django/manage.py bench_seed --prefix fb --chats 1000 --members 10
+
+# The machine, for the report.
+{
+  echo '```'
+  echo "cpu:      $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores online)"
+  echo "memory:   $(free -m | awk '/^Mem:/ {print $2}') MiB"
+  echo "kernel:   $(uname -r)"
+  echo "rustc:    $(rustc --version)"
+  echo "redis:    $(redis-server --version | cut -d' ' -f3)"
+  echo "python:   $(tests/django/.venv/bin/python --version), daphne $(tests/django/.venv/bin/python -c 'import daphne; print(daphne.__version__)'), channels_redis $(tests/django/.venv/bin/python -c 'import importlib.metadata as m; print(m.version("channels_redis"))')"
+  echo "ports:    ip_local_port_range $(tr '\t' ' ' </proc/sys/net/ipv4/ip_local_port_range), ulimit -n $(ulimit -n)"
+  echo "run:      $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD)"
+  echo '```'
+} >"$OUT/machine.txt"
+
+# Layouts.
+A=(--prefix fa --chats 1 --members 1000)
+B=(--prefix fb --chats 1000 --members 10)
+A_DESC="1 chat × 1,000 members, one publisher"
+B_DESC="1,000 chats × 10 members, one publisher per chat"
+SWEEP=(--factor 2 --window-secs 3 --drain-secs 4 --content-bytes 100 --stop-p99-ms 50)
+
+bench() { "$BIN/hablar-bench" "$@" --secret "$BENCH_SECRET" --admin-key "$BENCH_ADMIN_KEY"; }
+
+# fanout NAME SCENARIO START_RATE MAX_RATE LAYOUT_VAR DESC [target flags…]
+fanout() {
+  local name=$1 scenario=$2 start=$3 max=$4 layout=$5 desc=$6
+  shift 6
+  local -n lay=$layout
+  bench fanout --target-name "$name" --scenario "$scenario" --description "$desc" \
+    "${lay[@]}" "${SWEEP[@]}" --start-rate "$start" --max-rate "$max" "$@" \
+    --out "$OUT/$name-$scenario.json" || echo "bench: $name $scenario failed" >&2
+}
+
+churn() {
+  local name=$1
+  shift
+  bench churn --target-name "$name" --scenario d --description "connect/close loops" \
+    "${B[@]}" --concurrency 32 --duration-secs 8 "$@" --out "$OUT/$name-d.json" ||
+    echo "bench: $name churn failed" >&2
+}
+
+# --- the bare ceiling
+for s in a b d; do
+  start_ceiling "$BIN/hablar-ceiling" "ceiling-$s"
+  t=(--ws "ws://127.0.0.1:$PORT" --pid "$PID")
+  case $s in
+    a) fanout ceiling a 20 5120 A "$A_DESC" "${t[@]}" ;;
+    b) fanout ceiling b 500 256000 B "$B_DESC" "${t[@]}" ;;
+    d) churn ceiling "${t[@]}" ;;
+  esac
+  stop_all
+done
+
+# --- hablar-server, embedded
+for s in a b d; do
+  start_server "$BIN/hablar-server" "memory-$s"
+  t=(--ws "ws://127.0.0.1:$PORT" --pid "$PID" --wait-ready --admin "127.0.0.1:$PORT")
+  case $s in
+    a) fanout hablar-memory a 20 5120 A "$A_DESC" "${t[@]}" ;;
+    b) fanout hablar-memory b 500 256000 B "$B_DESC" "${t[@]}" ;;
+    d) churn hablar-memory "${t[@]}" ;;
+  esac
+  stop_all
+done
+
+# --- hablar-server, Redis, one instance
+for s in a b d; do
+  start_redis "redis-1-$s"
+  rpid=$PID rport=$PORT
+  start_server "$BIN/hablar-server" "redis-1-$s" --backend redis --redis-url "redis://127.0.0.1:$rport/0"
+  t=(--ws "ws://127.0.0.1:$PORT" --pid "$PID" --pid "$rpid" --wait-ready --admin "127.0.0.1:$PORT")
+  case $s in
+    a) fanout hablar-redis a 20 5120 A "$A_DESC" "${t[@]}" ;;
+    b) fanout hablar-redis b 500 256000 B "$B_DESC" "${t[@]}" ;;
+    d) churn hablar-redis "${t[@]}" ;;
+  esac
+  stop_all
+done
+
+# --- hablar-server, Redis, two instances (scenario e)
+for s in a b; do
+  start_redis "redis-2-$s"
+  rpid=$PID rport=$PORT
+  start_server "$BIN/hablar-server" "redis-2-$s-1" --backend redis --redis-url "redis://127.0.0.1:$rport/0"
+  pid1=$PID port1=$PORT
+  start_server "$BIN/hablar-server" "redis-2-$s-2" --backend redis --redis-url "redis://127.0.0.1:$rport/0"
+  t=(--ws "ws://127.0.0.1:$port1" --ws "ws://127.0.0.1:$PORT" --pid "$pid1" --pid "$PID" --pid "$rpid"
+    --wait-ready --admin "127.0.0.1:$port1")
+  case $s in
+    a) fanout hablar-redis-2x e-a 20 5120 A "two instances + Redis; $A_DESC, members alternate instances" "${t[@]}" ;;
+    b) fanout hablar-redis-2x e-b 500 256000 B "two instances + Redis; $B_DESC, members alternate instances" "${t[@]}" ;;
+  esac
+  stop_all
+done
+
+# --- Django Channels baseline (stock Channels refuses handshakes without an Origin)
+for s in a b d; do
+  start_redis "django-redis-$s"
+  rpid=$PID rport=$PORT
+  start_daphne "django-$s" "redis://127.0.0.1:$rport/0"
+  t=(--ws "ws://127.0.0.1:$PORT" --pid "$PID" --pid "$rpid" --origin "http://127.0.0.1")
+  case $s in
+    a) fanout django-channels a 1 5120 A "$A_DESC" "${t[@]}" ;;
+    b) fanout django-channels b 10 256000 B "$B_DESC" "${t[@]}" ;;
+    d) churn django-channels "${t[@]}" ;;
+  esac
+  stop_all
+done
+
+say "report"
+rm -rf bench/results
+mkdir -p bench/results
+cp "$OUT"/*.json bench/results/
+"$BIN/hablar-bench" report --results bench/results --template bench/BENCHMARKS.template.md \
+  --machine "$OUT/machine.txt" --out BENCHMARKS.md --svg bench/chart.svg --svg-link bench/chart.svg
+echo "wrote BENCHMARKS.md, bench/chart.svg, bench/results/ (logs in $BENCH_LOGS)" >&2
