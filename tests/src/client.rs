@@ -73,6 +73,9 @@ impl Client {
                     return Some(Frame::Json(value));
                 }
                 Some(Ok(Message::Close(frame))) => {
+                    // Send the queued close reply at once, as a browser does, so the server
+                    // does not wait for it.
+                    let _ = self.ws.flush().await;
                     return Some(Frame::Close(frame.map_or(1005, |f| u16::from(f.code))));
                 }
                 Some(Ok(Message::Binary(_))) => panic!("the server sends no binary frames"),

@@ -12,6 +12,7 @@ backend_tests!(
     resume_after_a_disconnect_delivers_exactly_the_missed_messages,
     resume_while_messages_flow_has_no_gap_and_no_duplicate,
     resume_from_another_epoch_is_not_recovered,
+    resume_past_the_retained_history_is_not_recovered,
     a_resent_client_id_is_stored_once_and_echoed_to_the_sender,
     ping_is_answered_with_pong_and_its_id,
     presence_is_per_user_not_per_tab,
@@ -135,6 +136,39 @@ async fn resume_from_another_epoch_is_not_recovered(backend: Backend) {
     let url = server.ws_url("room", &tokens::token("alice"), "&since=banana");
     let mut garbled = Client::connect(&url).await.expect("handshake");
     assert!(!garbled.ready().await.recovered);
+}
+
+async fn resume_past_the_retained_history_is_not_recovered(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.limits.history_retention = 3).await;
+    server.create_chat("room", &["alice"]).await;
+    let mut alice = server.connect("room", &tokens::token("alice")).await;
+    let epoch = alice.ready().await.epoch;
+    for i in 1..=5 {
+        alice.send_json(&send_message(&format!("m{i}"))).await;
+        next_message(&mut alice).await;
+    }
+    let url = server.ws_url(
+        "room",
+        &tokens::token("alice"),
+        &format!("&since=1&epoch={epoch}"),
+    );
+    let mut lost = Client::connect(&url).await.expect("handshake");
+    let ready = lost.ready().await;
+    assert!(!ready.recovered, "seq 2 is no longer retained");
+    lost.expect_silence(Duration::from_millis(100)).await;
+    let url = server.ws_url(
+        "room",
+        &tokens::token("alice"),
+        &format!("&since=2&epoch={epoch}"),
+    );
+    let mut kept = Client::connect(&url).await.expect("handshake");
+    assert!(kept.ready().await.recovered);
+    let seqs = [
+        seq(&next_message(&mut kept).await),
+        seq(&next_message(&mut kept).await),
+        seq(&next_message(&mut kept).await),
+    ];
+    assert_eq!(seqs, [3, 4, 5]);
 }
 
 async fn a_resent_client_id_is_stored_once_and_echoed_to_the_sender(backend: Backend) {

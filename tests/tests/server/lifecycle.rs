@@ -1,5 +1,6 @@
 //! Start-up refusals, graceful shutdown, and the no-token-in-logs guarantee.
 
+use hablar_protocol::events::ServerEvent;
 use hablar_tests::client::Client;
 use hablar_tests::{backend_tests, logs, tokens, Backend, TestServer};
 use serde_json::json;
@@ -18,10 +19,22 @@ async fn graceful_shutdown_closes_every_socket_with_1012(backend: Backend) {
     alice
         .send_json(&json!({"type": "new_message", "message": {"content": "last words"}}))
         .await;
+    // alice's echo means the message is stored and queued for bob, who has not read yet.
+    alice
+        .recv_until(|e| matches!(e, ServerEvent::NewMessage { .. }))
+        .await;
     let addr = server.addr;
     let stopped = tokio::spawn(server.shutdown());
     assert_eq!(alice.expect_close().await, 1012);
-    assert_eq!(bob.expect_close().await, 1012);
+    let in_flight = bob
+        .recv_until(|e| matches!(e, ServerEvent::NewMessage { .. }))
+        .await;
+    assert!(matches!(in_flight, ServerEvent::NewMessage { message } if message.content == "last words"));
+    assert_eq!(
+        bob.expect_close().await,
+        1012,
+        "in-flight writes finish before the 1012"
+    );
     stopped
         .await
         .expect("serve task")
