@@ -96,7 +96,14 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
         Err(err) => {
             tracing::error!(%chat, error = %err, "subscribe failed");
             app.metrics.connections.fetch_sub(1, Relaxed);
-            return finish(&app, &mut sink, &mut stream, End::Close(CloseCode::ServerError), None).await;
+            return finish(
+                &app,
+                &mut sink,
+                &mut stream,
+                End::Close(CloseCode::ServerError),
+                None,
+            )
+            .await;
         }
     };
 
@@ -274,18 +281,24 @@ async fn read_loop(
         match frame {
             WsMessage::Text(text) => {
                 app.metrics.messages_in.fetch_add(1, Relaxed);
+                match rate_limit(admitted, session, tx) {
+                    Err(end) => return end,
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                }
                 if let Some(end) = handle_text(app, admitted, session, tx, text.as_str()).await {
                     return end;
                 }
             }
             WsMessage::Binary(_) => {
                 app.metrics.messages_in.fetch_add(1, Relaxed);
-                reply_error(
-                    tx,
-                    ErrorCode::BadJson,
-                    "frames must be UTF-8 text JSON".into(),
-                    None,
-                );
+                match rate_limit(admitted, session, tx) {
+                    Err(end) => return end,
+                    Ok(false) => continue,
+                    Ok(true) => {}
+                }
+                let detail = "frames must be UTF-8 text JSON".into();
+                reply_error(tx, ErrorCode::BadJson, detail, None);
             }
             // tungstenite answers pings itself; any frame proves the peer is alive.
             WsMessage::Ping(_) | WsMessage::Pong(_) => {}
@@ -310,7 +323,25 @@ fn read_error(err: &axum::Error) -> End {
     }
 }
 
-/// Handles one text frame; `Some` ends the connection.
+/// Takes a token from the connection's bucket: `Ok(true)` to handle the frame,
+/// `Ok(false)` when it is dropped (answered with `rate_limited`), `Err` to close for
+/// repeated abuse.
+fn rate_limit(admitted: &Admitted, session: &mut Session, tx: &mpsc::Sender<Outbound>) -> Result<bool, End> {
+    match session.limiter.check(Instant::now()) {
+        RateDecision::Allow => Ok(true),
+        RateDecision::Limited => {
+            let detail = "too many events; slow down".into();
+            reply_error(tx, ErrorCode::RateLimited, detail, None);
+            Ok(false)
+        }
+        RateDecision::Close => {
+            tracing::info!(chat = %admitted.chat, user = %admitted.me.user_id, "rate limit abuse");
+            Err(End::Close(CloseCode::Policy))
+        }
+    }
+}
+
+/// Handles one (rate-checked) text frame; `Some` ends the connection.
 async fn handle_text(
     app: &AppState,
     admitted: &Admitted,
@@ -318,22 +349,6 @@ async fn handle_text(
     tx: &mpsc::Sender<Outbound>,
     text: &str,
 ) -> Option<End> {
-    match session.limiter.check(Instant::now()) {
-        RateDecision::Allow => {}
-        RateDecision::Limited => {
-            reply_error(
-                tx,
-                ErrorCode::RateLimited,
-                "too many events; slow down".into(),
-                None,
-            );
-            return None;
-        }
-        RateDecision::Close => {
-            tracing::info!(chat = %admitted.chat, user = %admitted.me.user_id, "rate limit abuse");
-            return Some(End::Close(CloseCode::Policy));
-        }
-    }
     let event = match parse_client(text) {
         Ok(event) => event,
         Err(err) => {

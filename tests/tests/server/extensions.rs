@@ -277,6 +277,14 @@ async fn malformed_frames_get_errors_and_the_connection_keeps_working(backend: B
             "{frame:?}"
         );
     }
+    alice
+        .send(tokio_tungstenite::tungstenite::Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send binary");
+    let ServerEvent::Error(error) = alice.recv_event().await else {
+        panic!("error for a binary frame")
+    };
+    assert_eq!(error.code, ErrorCode::BadJson);
     let too_long = json!({"type": "new_message", "message": {"content": long, "client_id": "e3"}});
     alice.send_json(&too_long).await;
     let ServerEvent::Error(error) = alice.recv_event().await else {
