@@ -4,7 +4,9 @@
 # Builds the server, starts client/scripts/harness.mjs (server on a free port, a
 # cuttable proxy, an HTTP control endpoint for restarts), runs
 # `wasm-pack test --headless --chrome client` with their URLs in the environment (read
-# by the tests at compile time with option_env!), and stops everything on exit.
+# by the tests at compile time with option_env!), then builds the release package
+# (client/scripts/build.sh) and smoke-tests it through its JS API (smoke/index.html via
+# smoke.mjs and chromedriver). Stops everything on exit.
 # Extra arguments go to wasm-pack test (e.g. `-- --test web`). HABLAR_SERVER_BIN skips
 # building the server and uses that binary.
 set -euo pipefail
@@ -25,8 +27,13 @@ fi
 
 WORK="$(mktemp -d -t hablar-browser-test.XXXXXX)"
 HARNESS_PID=""
+SMOKE_SERVER_PID=""
 cleanup() {
   local status=$?
+  if [[ -n "$SMOKE_SERVER_PID" ]]; then
+    kill -TERM "$SMOKE_SERVER_PID" 2>/dev/null || true
+    wait "$SMOKE_SERVER_PID" 2>/dev/null || true
+  fi
   if [[ -n "$HARNESS_PID" ]] && kill -0 "$HARNESS_PID" 2>/dev/null; then
     kill -TERM "$HARNESS_PID" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$HARNESS_PID" 2>/dev/null || break; sleep 0.1; done
@@ -69,3 +76,18 @@ echo "browser-test: server $HABLAR_TEST_SERVER, control $HABLAR_TEST_CONTROL, pr
 # The whole run shares one timeout in wasm-bindgen-test-runner (default 20 s).
 export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-300}"
 wasm-pack test --headless --chrome client "$@"
+
+# The release package itself (what npm users get, wasm-opt'd), through its JS API.
+client/scripts/build.sh
+"$SERVER_BIN" --dev --bind 127.0.0.1:0 --www-dir client/scripts/smoke --pkg-dir client/pkg \
+  >"$WORK/smoke-server.out" 2>"$WORK/smoke-server.log" &
+SMOKE_SERVER_PID=$!
+SMOKE_URL=""
+for _ in $(seq 1 300); do
+  SMOKE_URL="$(sed -n 's/^hablar-server listening on \(http:[^ ]*\)$/\1/p' "$WORK/smoke-server.out")"
+  [[ -n "$SMOKE_URL" ]] && break
+  sleep 0.1
+done
+[[ -n "$SMOKE_URL" ]] || { echo "browser-test: smoke server did not start" >&2; exit 1; }
+echo "browser-test: release package smoke test"
+node client/scripts/smoke.mjs "$SMOKE_URL/index.html"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the release npm package (wasm-pack, wasm-opt -Oz) and checks its download size:
+# Builds the release npm package (client/scripts/build.sh) and checks its download size:
 # the `.wasm` plus the JS glue, each gzipped (-9), against the budget.
 #   hablar-client size: wasm 12345 B, gzip 6789 B (wasm+js), budget 40960 B
 # Exits non-zero over budget. SIZE_BUDGET overrides the budget (bytes);
@@ -12,7 +12,7 @@ BUDGET="${SIZE_BUDGET:-40960}"
 PKG="$ROOT/client/pkg"
 
 if [[ "${SIZE_SKIP_BUILD:-0}" != 1 ]]; then
-  wasm-pack --quiet build client --target web --release >/dev/null
+  "$ROOT/client/scripts/build.sh"
 fi
 
 WASM="$PKG/hablar_client_bg.wasm"
