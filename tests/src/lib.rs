@@ -8,10 +8,13 @@
 //! - [`Client`]: a tokio-tungstenite client whose `recv_event` returns typed
 //!   `ServerEvent`s, with timeouts.
 //! - [`logs`]: a global tracing subscriber that captures the server's logs in memory.
+//! - [`redis`]: a real `redis-server` per test, on a free port, that can be killed and
+//!   restarted.
 //! - [`backend_tests!`]: instantiates each behavioural test once per [`Backend`].
 
 pub mod client;
 pub mod logs;
+pub mod redis;
 pub mod server;
 pub mod tokens;
 
@@ -23,10 +26,12 @@ pub use server::TestServer;
 pub enum Backend {
     /// The embedded in-memory backend.
     Memory,
+    /// The Redis backend, on a `redis-server` of the test's own ([`redis::RedisServer`]).
+    Redis,
 }
 
 /// Instantiates `async fn name(backend: Backend)` test functions once per backend, as
-/// `name::memory` (and later `name::redis`).
+/// `name::memory` and `name::redis`.
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {$(
@@ -34,6 +39,11 @@ macro_rules! backend_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn memory() {
                 super::$name($crate::Backend::Memory).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$name($crate::Backend::Redis).await;
             }
         }
     )*};

@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::client::Client;
+use crate::redis::RedisServer;
 use crate::tokens::SECRET;
 use crate::{logs, Backend};
 
@@ -25,6 +26,8 @@ pub struct TestServer {
     task: Option<JoinHandle<hablar_server::Result<()>>>,
     /// HTTP client for the admin and history APIs.
     pub http: reqwest::Client,
+    /// The server's own `redis-server` ([`Backend::Redis`]), stopped after the server.
+    pub redis: Option<RedisServer>,
 }
 
 impl TestServer {
@@ -41,7 +44,15 @@ impl TestServer {
         config.admin_key = Some(Secret::new(ADMIN_KEY));
         config.backend = match backend {
             Backend::Memory => BackendKind::Memory,
+            Backend::Redis => BackendKind::Redis,
         };
+        let redis = match backend {
+            Backend::Memory => None,
+            Backend::Redis => Some(RedisServer::start().await),
+        };
+        if let Some(redis) = &redis {
+            redis.configure(&mut config);
+        }
         configure(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
         let addr = listener.local_addr().expect("local addr");
@@ -54,6 +65,7 @@ impl TestServer {
             stop: Some(stop),
             task: Some(task),
             http: reqwest::Client::new(),
+            redis,
         }
     }
 
