@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use hablar_server::{BackendKind, Config, Secret};
 
+use crate::{Backend, TestServer};
+
 /// The binary the tests run.
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
 
@@ -67,6 +69,22 @@ impl RedisServer {
         config.redis.timeout_ms = 500;
         config.redis.reconnect_max_ms = 200;
         config.redis.health_interval_ms = 500;
+    }
+
+    /// Starts one more server instance on this Redis (any number may share it).
+    pub async fn instance(&self) -> TestServer {
+        self.instance_with(|_| {}).await
+    }
+
+    /// Like [`RedisServer::instance`], with the configuration changed by `configure`.
+    pub async fn instance_with(&self, configure: impl FnOnce(&mut Config)) -> TestServer {
+        // `Backend::Memory` starts no redis-server of its own; `configure` then points
+        // the instance at this one.
+        TestServer::start_with(Backend::Memory, |config| {
+            self.configure(config);
+            configure(config);
+        })
+        .await
     }
 
     /// Kills the server (SIGKILL): every key is lost, as in a crash without persistence.
