@@ -1,0 +1,259 @@
+//! Several server instances on one real redis-server: members connected to different
+//! instances chat as if on one server (one `seq` order, typing, presence, resume,
+//! idempotency), and an existing backend can write chats, members and profiles directly.
+
+use std::time::Duration;
+
+use hablar_protocol::events::{Message, ServerEvent};
+use hablar_tests::redis::RedisServer;
+use hablar_tests::client::Frame;
+use hablar_tests::{tokens, Client, TestServer};
+use serde_json::json;
+
+fn send(content: &str, client_id: &str) -> serde_json::Value {
+    json!({"type": "new_message", "message": {"content": content, "client_id": client_id}})
+}
+
+async fn next_message(client: &mut Client) -> Message {
+    match client
+        .recv_until(|e| matches!(e, ServerEvent::NewMessage { .. }))
+        .await
+    {
+        ServerEvent::NewMessage { message } => message,
+        _ => unreachable!(),
+    }
+}
+
+/// Fails if a `new_message` arrives within `within` (presence and typing may).
+async fn expect_no_message(client: &mut Client, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while let Some(frame) = client
+        .next_frame(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
+        if let Frame::Json(value) = &frame {
+            assert_ne!(value["type"], "new_message", "stored twice: {value}");
+        } else {
+            panic!("unexpected {frame:?}");
+        }
+    }
+}
+
+fn seq(message: &Message) -> u64 {
+    message.seq.expect("our server numbers messages").0
+}
+
+/// Fast enough for the bursts below.
+fn no_rate_limit(config: &mut hablar_server::Config) {
+    config.limits.rate_per_sec = 10_000.0;
+    config.limits.rate_burst = 10_000;
+}
+
+/// Each member sends `per_member` messages at once; every member must then see all of
+/// them, numbered 1..=n without a gap, in the very same order.
+async fn everyone_sees_one_order(servers: &[TestServer], users: &[&str], per_member: usize) {
+    servers[0].create_chat("room", users).await;
+    let mut clients = Vec::new();
+    for (server, user) in servers.iter().cycle().zip(users) {
+        clients.push(server.join("room", user).await);
+    }
+    for (client, user) in clients.iter_mut().zip(users) {
+        for i in 0..per_member {
+            client.send_json(&send(&format!("{user} {i}"), &format!("{user}-{i}"))).await;
+        }
+    }
+    let total = per_member * users.len();
+    let mut orders = Vec::new();
+    for client in &mut clients {
+        let mut order = Vec::new();
+        for _ in 0..total {
+            let message = next_message(client).await;
+            order.push((seq(&message), message.id.as_str().to_owned(), message.content));
+        }
+        orders.push(order);
+    }
+    let seqs: Vec<u64> = orders[0].iter().map(|(seq, _, _)| *seq).collect();
+    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>(), "gapless, in seq order");
+    for (user, order) in users.iter().zip(&orders) {
+        assert_eq!(order, &orders[0], "{user} saw another order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_two_instances_see_each_others_messages_in_one_seq_order() {
+    let redis = RedisServer::start().await;
+    let a = redis.instance_with(no_rate_limit).await;
+    let b = redis.instance_with(no_rate_limit).await;
+    everyone_sees_one_order(&[a, b], &["alice", "bob"], 25).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_on_three_instances_see_each_others_messages_in_one_seq_order() {
+    let redis = RedisServer::start().await;
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(redis.instance_with(no_rate_limit).await);
+    }
+    everyone_sees_one_order(&servers, &["alice", "bob", "carol"], 15).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_presence_cross_instances() {
+    let redis = RedisServer::start().await;
+    let a = redis.instance().await;
+    let b = redis.instance().await;
+    a.create_chat("room", &["alice", "bob"]).await;
+    a.set_display_name("bob", "Bob B.").await;
+    let mut alice = a.join("room", "alice").await;
+    let mut bob = b.connect("room", &tokens::token("bob")).await;
+    let ready = bob.ready().await;
+    let online: Vec<&str> = ready.presence.iter().map(|p| p.user_id.as_str()).collect();
+    assert_eq!(online, ["alice", "bob"], "bob on B sees alice on A online");
+    match alice.recv_event().await {
+        ServerEvent::PresenceJoin(user) => assert_eq!(
+            (user.user_id.as_str(), user.username.as_str()),
+            ("bob", "Bob B.")
+        ),
+        other => panic!("expected bob's presence_join, got {other:?}"),
+    }
+    bob.send_json(&json!({"type": "typing_start"})).await;
+    match alice.recv_event().await {
+        ServerEvent::TypingStart { user_id, username } => {
+            assert_eq!((user_id.as_str(), username.as_str()), ("bob", "Bob B."));
+        }
+        other => panic!("expected bob's typing_start, got {other:?}"),
+    }
+    bob.expect_silence(Duration::from_millis(200)).await;
+    bob.close().await;
+    let left = alice
+        .recv_until(|e| matches!(e, ServerEvent::PresenceLeave(_)))
+        .await;
+    assert!(matches!(left, ServerEvent::PresenceLeave(user) if user.user_id.as_str() == "bob"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_instance_a_resumes_on_instance_b_with_exactly_the_missed_messages() {
+    let redis = RedisServer::start().await;
+    let a = redis.instance().await;
+    let b = redis.instance().await;
+    a.create_chat("room", &["alice", "bob"]).await;
+    let mut alice = a.join("room", "alice").await;
+    let mut bob = b.join("room", "bob").await;
+    bob.send_json(&send("one", "b1")).await;
+    let first = next_message(&mut alice).await;
+    let epoch = alice_epoch(&first);
+    alice.close().await;
+    for (i, text) in ["two", "three", "four"].iter().enumerate() {
+        bob.send_json(&send(text, &format!("b{}", i + 2))).await;
+    }
+    for _ in 0..4 {
+        next_message(&mut bob).await;
+    }
+    let resume = format!("&since={}&epoch={epoch}", seq(&first));
+    let mut alice = Client::connect(&b.ws_url("room", &tokens::token("alice"), &resume))
+        .await
+        .expect("resume on instance B");
+    let ready = alice.ready().await;
+    assert!(ready.recovered);
+    assert_eq!(ready.last_seq.0, 4);
+    let mut missed = Vec::new();
+    for _ in 0..3 {
+        missed.push(next_message(&mut alice).await.content);
+    }
+    assert_eq!(missed, ["two", "three", "four"]);
+    bob.send_json(&send("five", "b5")).await;
+    let live = next_message(&mut alice).await;
+    assert_eq!((live.content.as_str(), seq(&live)), ("five", 5), "no duplicate");
+}
+
+/// The epoch is the part of our message ids before the last `-`.
+fn alice_epoch(message: &Message) -> String {
+    let (epoch, _) = message
+        .id
+        .as_str()
+        .rsplit_once('-')
+        .expect("ids are {epoch}-{seq}");
+    epoch.to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_client_id_is_stored_once_across_instances() {
+    let redis = RedisServer::start().await;
+    let a = redis.instance().await;
+    let b = redis.instance().await;
+    a.create_chat("room", &["alice", "bob"]).await;
+    let mut bob = a.join("room", "bob").await;
+    let mut alice = a.join("room", "alice").await;
+    alice.send_json(&send("hello", "c1")).await;
+    let stored = next_message(&mut alice).await;
+    assert_eq!(next_message(&mut bob).await, stored);
+    alice.close().await;
+    // The SDK's outbox resends after a reconnect that landed on the other instance.
+    let mut alice = b.join("room", "alice").await;
+    alice.send_json(&send("hello", "c1")).await;
+    let echo = next_message(&mut alice).await;
+    assert_eq!(echo, stored, "the sender gets the stored message back");
+    expect_no_message(&mut bob, Duration::from_millis(300)).await;
+    let (status, page) = b.history("room", &tokens::token("bob"), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chats_members_and_profiles_written_to_redis_directly_are_used() {
+    let redis = RedisServer::start().await;
+    // What a Django app would do with redis-py.
+    redis.command(&["HSET", "hablar:{team}:meta", "created_at", "2024-01-01T00:00:00Z"]);
+    redis.command(&["SADD", "hablar:{team}:members", "alice", "bob"]);
+    redis.command(&["HSET", "hablar:user:alice", "display_name", "Alice A."]);
+    let a = redis.instance().await;
+    let mut bob = a.join("team", "bob").await;
+    let mut alice = a.join("team", "alice").await;
+    alice.send_json(&send("hi", "c1")).await;
+    let message = next_message(&mut bob).await;
+    assert_eq!(message.sender.username, "Alice A.");
+    assert_eq!(seq(&message), 1);
+    let mut mallory = a.connect("team", &tokens::token("mallory")).await;
+    assert_eq!(mallory.expect_close().await, 4403);
+    // Removing a member directly takes effect at their next connection.
+    redis.command(&["SREM", "hablar:{team}:members", "bob"]);
+    let mut bob_again = a.connect("team", &tokens::token("bob")).await;
+    assert_eq!(bob_again.expect_close().await, 4403);
+    assert_eq!(redis.command(&["XLEN", "hablar:{team}:messages"]), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_instances_users_go_offline_when_their_lease_runs_out() {
+    let redis = RedisServer::start().await;
+    let short_lease = |c: &mut hablar_server::Config| c.redis.presence_ttl_ms = 300;
+    let b = redis.instance_with(short_lease).await;
+    b.create_chat("room", &["bob", "carol"]).await;
+    // Carol is online through an instance that then crashed: its lease is never renewed.
+    let now_ms: u64 = redis
+        .command(&["TIME"])
+        .lines()
+        .next()
+        .and_then(|s| s.parse::<u64>().ok())
+        .expect("TIME")
+        * 1000;
+    let expiry = (now_ms + 1_500).to_string();
+    redis.command(&["ZADD", "hablar:{room}:presence", &expiry, "crashed:carol"]);
+    redis.command(&["HSET", "hablar:{room}:presence:names", "carol", "Carol"]);
+    let mut bob = b.connect("room", &tokens::token("bob")).await;
+    let ready = bob.ready().await;
+    let online: Vec<&str> = ready.presence.iter().map(|p| p.user_id.as_str()).collect();
+    assert_eq!(online, ["bob", "carol"]);
+    let left = bob
+        .recv_until(|e| matches!(e, ServerEvent::PresenceLeave(_)))
+        .await;
+    assert!(matches!(left, ServerEvent::PresenceLeave(user) if user.user_id.as_str() == "carol"));
+    let mut bob2 = b.connect("room", &tokens::token("bob")).await;
+    let online: Vec<String> = bob2
+        .ready()
+        .await
+        .presence
+        .iter()
+        .map(|p| p.user_id.as_str().to_owned())
+        .collect();
+    assert_eq!(online, ["bob"]);
+}
