@@ -200,6 +200,15 @@ async fn start(
         tracing::error!(%chat, error = %err, "backend failed while starting a connection");
         End::Close(CloseCode::ServerError)
     };
+    // A removal between the admission check and joining the hub published its 4403 to
+    // nobody; now that this connection hears removals, look once more.
+    if !backend
+        .is_member(chat, &admitted.me.user_id)
+        .await
+        .map_err(server_error)?
+    {
+        return Err(End::Close(CloseCode::Forbidden));
+    }
     let joined = backend
         .presence_join(chat, &admitted.me)
         .await

@@ -90,7 +90,7 @@ async fn health_and_metrics_answer(backend: Backend) {
 }
 
 async fn dev_mode_seeds_hands_out_tokens_and_answers_loopback_cors(backend: Backend) {
-    let www = std::env::temp_dir().join(format!("hablar-www-{}", std::process::id()));
+    let www = std::env::temp_dir().join(format!("hablar-www-{}-{backend:?}", std::process::id()));
     std::fs::create_dir_all(&www).expect("www dir");
     std::fs::write(www.join("index.html"), "<h1>hablar demo</h1>").expect("index");
     let server = TestServer::start_with(backend, |c| {
