@@ -3,8 +3,6 @@
 //! time in ms, then carries out the [`Output`]s it queues and arms one timer for
 //! [`Machine::next_deadline`].
 
-use std::collections::VecDeque;
-
 use hablar_protocol::close::CloseAction;
 use hablar_protocol::CloseCode;
 
@@ -298,7 +296,7 @@ pub struct Machine<M> {
     /// Our user id from the options or the token, for base-layer peers.
     user_hint: Option<String>,
     /// What the glue must do next.
-    out: VecDeque<Output<M>>,
+    out: Vec<Output<M>>,
 }
 
 impl<M: Clone> Machine<M> {
@@ -323,13 +321,18 @@ impl<M: Clone> Machine<M> {
             resume: Resume::default(),
             ready_user: None,
             user_hint: None,
-            out: VecDeque::new(),
+            out: Vec::new(),
         }
     }
 
     /// The next thing for the glue to do.
     pub fn poll(&mut self) -> Option<Output<M>> {
-        self.out.pop_front()
+        // A plain Vec used as a short queue: smaller code than VecDeque in the wasm.
+        if self.out.is_empty() {
+            None
+        } else {
+            Some(self.out.remove(0))
+        }
     }
 
     /// The current state.
@@ -383,12 +386,12 @@ impl<M: Clone> Machine<M> {
             Phase::Closed => return,
             Phase::Open { .. } => {
                 if self.typing.stop() {
-                    self.out.push_back(Output::Send(Frame::TypingStop));
+                    self.out.push(Output::Send(Frame::TypingStop));
                 }
-                self.out.push_back(Output::Disconnect { code: 1000 });
+                self.out.push(Output::Disconnect { code: 1000 });
             }
             Phase::Connecting { .. } | Phase::Handshake { .. } => {
-                self.out.push_back(Output::Disconnect { code: 1000 });
+                self.out.push(Output::Disconnect { code: 1000 });
             }
             Phase::Idle | Phase::Waiting { .. } | Phase::Failed => {}
         }
@@ -411,9 +414,9 @@ impl<M: Clone> Machine<M> {
             .map_err(|OutboxFull| SendError::OutboxFull)?;
         if let Phase::Open { .. } = self.phase {
             if self.typing.stop() {
-                self.out.push_back(Output::Send(Frame::TypingStop));
+                self.out.push(Output::Send(Frame::TypingStop));
             }
-            self.out.push_back(Output::Send(Frame::Message(payload)));
+            self.out.push(Output::Send(Frame::Message(payload)));
         }
         Ok(())
     }
@@ -422,7 +425,7 @@ impl<M: Clone> Machine<M> {
     pub fn keystroke(&mut self, now: f64) {
         if let Phase::Open { .. } = self.phase {
             if self.typing.keystroke(now) {
-                self.out.push_back(Output::Send(Frame::TypingStart));
+                self.out.push(Output::Send(Frame::TypingStart));
             }
         }
     }
@@ -431,7 +434,7 @@ impl<M: Clone> Machine<M> {
     pub fn stop_typing(&mut self) {
         if self.typing.stop() {
             if let Phase::Open { .. } = self.phase {
-                self.out.push_back(Output::Send(Frame::TypingStop));
+                self.out.push(Output::Send(Frame::TypingStop));
             }
         }
     }
@@ -496,13 +499,12 @@ impl<M: Clone> Machine<M> {
                 }
                 let reload = self.resume.on_ready(epoch.as_deref(), last_seq, recovered);
                 self.presence = presence;
-                self.out.push_back(Output::PresenceChanged);
+                self.out.push(Output::PresenceChanged);
                 if let Phase::Handshake { .. } = self.phase {
                     self.enter_open(now);
                 }
                 if reload {
-                    self.out
-                        .push_back(Output::ReloadHistory(ReloadReason::NotRecovered));
+                    self.out.push(Output::ReloadHistory(ReloadReason::NotRecovered));
                 }
             }
             Incoming::Message {
@@ -529,7 +531,7 @@ impl<M: Clone> Machine<M> {
             Incoming::PresenceJoin(user) => {
                 if !self.presence.iter().any(|u| u.user_id == user.user_id) {
                     self.presence.push(user);
-                    self.out.push_back(Output::PresenceChanged);
+                    self.out.push(Output::PresenceChanged);
                 }
             }
             Incoming::PresenceLeave { user_id } => {
@@ -537,7 +539,7 @@ impl<M: Clone> Machine<M> {
                 let before = self.presence.len();
                 self.presence.retain(|u| u.user_id != user_id);
                 if self.presence.len() != before {
-                    self.out.push_back(Output::PresenceChanged);
+                    self.out.push(Output::PresenceChanged);
                 }
             }
             Incoming::Error { code, client_id } => {
@@ -560,7 +562,7 @@ impl<M: Clone> Machine<M> {
         match self.phase {
             Phase::Waiting { at } if now >= at => self.attempt(now),
             Phase::Connecting { deadline } if now >= deadline => {
-                self.out.push_back(Output::Disconnect {
+                self.out.push(Output::Disconnect {
                     code: CLOSE_GIVING_UP,
                 });
                 self.lost(now, CloseCode::Abnormal.as_u16());
@@ -569,7 +571,7 @@ impl<M: Clone> Machine<M> {
             Phase::Open { .. } => {
                 if self.pong_by.is_some_and(|by| now >= by) {
                     // The browser has not noticed, but the peer is gone.
-                    self.out.push_back(Output::Disconnect {
+                    self.out.push(Output::Disconnect {
                         code: CLOSE_GIVING_UP,
                     });
                     self.lost(now, CloseCode::Abnormal.as_u16());
@@ -578,10 +580,10 @@ impl<M: Clone> Machine<M> {
                         self.send_ping(now);
                     }
                     if self.typing.poll(now) {
-                        self.out.push_back(Output::Send(Frame::TypingStop));
+                        self.out.push(Output::Send(Frame::TypingStop));
                     }
                     for payload in self.outbox.due(now) {
-                        self.out.push_back(Output::Send(Frame::Message(payload)));
+                        self.out.push(Output::Send(Frame::Message(payload)));
                     }
                 }
             }
@@ -626,7 +628,7 @@ impl<M: Clone> Machine<M> {
             attempt: self.backoff.attempt(),
         });
         let since = self.resume.query().map(|(seq, epoch)| (seq, epoch.to_owned()));
-        self.out.push_back(Output::Connect {
+        self.out.push(Output::Connect {
             refresh_token: std::mem::take(&mut self.refresh_next),
             since,
         });
@@ -639,11 +641,11 @@ impl<M: Clone> Machine<M> {
         self.set_state(State::Open);
         if self.was_open && !self.extensions {
             // A base-layer peer cannot replay what we missed.
-            self.out.push_back(Output::ReloadHistory(ReloadReason::NoResume));
+            self.out.push(Output::ReloadHistory(ReloadReason::NoResume));
         }
         self.was_open = true;
         for payload in self.outbox.resend_all() {
-            self.out.push_back(Output::Send(Frame::Message(payload)));
+            self.out.push(Output::Send(Frame::Message(payload)));
         }
     }
 
@@ -704,7 +706,7 @@ impl<M: Clone> Machine<M> {
     }
 
     fn send_ping(&mut self, now: f64) {
-        self.out.push_back(Output::Send(Frame::Ping));
+        self.out.push(Output::Send(Frame::Ping));
         self.ping_at = None;
         self.pong_by = Some(now + self.cfg.pong_timeout_ms);
     }
@@ -716,19 +718,19 @@ impl<M: Clone> Machine<M> {
     }
 
     fn emit_typers(&mut self) {
-        self.out.push_back(Output::TypersChanged);
+        self.out.push(Output::TypersChanged);
     }
 
     fn reject_all(&mut self, error: SendError) {
         for client_id in self.outbox.drain_ids() {
-            self.out.push_back(Output::Reject { client_id, error });
+            self.out.push(Output::Reject { client_id, error });
         }
     }
 
     fn set_state(&mut self, state: State) {
         if self.state != state {
             self.state = state.clone();
-            self.out.push_back(Output::State(state));
+            self.out.push(Output::State(state));
         }
     }
 }

@@ -3,8 +3,6 @@
 //! connection resends all of it with the same `client_id`s, and the server's idempotency
 //! stores each message once.
 
-use std::collections::VecDeque;
-
 /// The outbox is full: the message was not accepted. The caller must tell the app
 /// (a full outbox is never a silent drop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +25,7 @@ pub struct Outbox<M> {
     /// Most messages held at once.
     limit: usize,
     /// Send order is delivery order on resend.
-    items: VecDeque<Pending<M>>,
+    items: Vec<Pending<M>>,
 }
 
 impl<M: Clone> Outbox<M> {
@@ -35,7 +33,7 @@ impl<M: Clone> Outbox<M> {
     pub fn new(limit: usize) -> Self {
         Self {
             limit,
-            items: VecDeque::new(),
+            items: Vec::new(),
         }
     }
 
@@ -54,7 +52,7 @@ impl<M: Clone> Outbox<M> {
         if self.items.len() >= self.limit {
             return Err(OutboxFull);
         }
-        self.items.push_back(Pending {
+        self.items.push(Pending {
             client_id,
             payload,
             retry_at: None,

@@ -1,8 +1,6 @@
 //! Resume bookkeeping: the `since`/`epoch` to reconnect with, and deduplication of
 //! messages that arrive twice (replay after resume, idempotent echoes of resends).
 
-use std::collections::VecDeque;
-
 /// How many seq-less message ids (base-layer peers) are remembered for deduplication.
 const RECENT_IDS: usize = 256;
 
@@ -15,7 +13,7 @@ pub struct Resume {
     last_seq: Option<u64>,
     /// Ids of recent messages without `seq` (base layer), the only way to spot their
     /// duplicates. Bounded: old ids are forgotten first.
-    recent_ids: VecDeque<String>,
+    recent_ids: Vec<String>,
 }
 
 impl Resume {
@@ -62,9 +60,9 @@ impl Resume {
             return false;
         }
         if self.recent_ids.len() == RECENT_IDS {
-            self.recent_ids.pop_front();
+            self.recent_ids.remove(0);
         }
-        self.recent_ids.push_back(id.to_owned());
+        self.recent_ids.push(id.to_owned());
         true
     }
 }

@@ -146,7 +146,8 @@ pub fn random_seed() -> u64 {
 /// The `user_id` claim of a JWT, read without verifying anything: it only tells the SDK
 /// which typing events are the user's own.
 pub fn jwt_user_id(token: &str) -> Option<String> {
-    let payload = token.split('.').nth(1)?;
+    let (_, rest) = token.split_once('.')?;
+    let (payload, _) = rest.split_once('.')?;
     let mut b64: String = payload
         .chars()
         .map(|c| match c {
@@ -161,6 +162,12 @@ pub fn jwt_user_id(token: &str) -> Option<String> {
     let json = atob(&b64).ok()?;
     let claims = JSON::parse(&json).ok()?;
     get_id(&claims, "user_id")
+}
+
+/// Unicode scalar values in `text`. (`chars().count()` pulls in a large specialised
+/// counter; a chat message is short.)
+pub fn char_count(text: &str) -> usize {
+    text.chars().fold(0, |n, _| n + 1)
 }
 
 /// `value` as a function, if it is one.

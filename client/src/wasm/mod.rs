@@ -230,14 +230,14 @@ impl HablarClient {
         self.inner.sweep();
         let message: JsValue = message.into();
         let content_chars = get_str(&message, "content")
-            .map(|c| c.trim().chars().count())
+            .map(|c| js::char_count(c.trim()))
             .unwrap_or(0);
         if content_chars == 0 || content_chars > MAX_CONTENT_CHARS {
             let err = js::error("invalid_message", "content must be 1-4000 characters", None);
             return Promise::reject(&err).unchecked_into();
         }
         let client_id = get_str(&message, "client_id")
-            .filter(|id| (1..=MAX_CLIENT_ID_CHARS).contains(&id.chars().count()))
+            .filter(|id| (1..=MAX_CLIENT_ID_CHARS).contains(&js::char_count(id)))
             .unwrap_or_else(js::new_client_id);
         let body: JsValue = Object::assign(&Object::new(), message.unchecked_ref()).into();
         set(&body, "client_id", &JsValue::from_str(&client_id));
