@@ -1,6 +1,7 @@
 //! One WebSocket connection: admission (token, chat, membership, per-user limit), the
-//! `ready` + replay, then a reader and a writer raced in one `select!` with the close
-//! signals (hub, shutdown, token expiry), and the cleanup after (presence, typing lease).
+//! `ready` + replay, then a reader task and a writer task (split socket) raced in one
+//! `select!` with the close signals (hub, shutdown, token expiry), the close handshake on
+//! the halves they hand back, and the cleanup after (presence, typing lease).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use hablar_protocol::events::{
 };
 use hablar_protocol::{ChatId, ClientId, CloseCode, Epoch, ErrorCode, Seq};
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::{ChatEvent, NewMessage, Replay};
 use crate::limits::{ConnectionSlot, RateDecision, RateLimiter};
@@ -71,7 +72,7 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
         return finish(&app, &mut sink, &mut stream, End::Close(CloseCode::Restart), None).await;
     }
     let admitted = match admit(&app, &chat, query.token.as_deref()).await {
-        Ok(admitted) => admitted,
+        Ok(admitted) => Arc::new(admitted),
         Err(code) => {
             tracing::info!(chat = %chat, code = code.as_u16(), reason = code.reason(), "handshake refused");
             return finish(&app, &mut sink, &mut stream, End::Close(code), None).await;
@@ -83,8 +84,8 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
     tracing::info!(chat = %admitted.chat, user = %user, "connected");
 
     let limits = &app.config.limits;
-    let (tx, mut rx) = mpsc::channel(limits.outbound_queue);
-    let (closer, mut close_rx) = Closer::new();
+    let (tx, rx) = mpsc::channel(limits.outbound_queue);
+    let (closer, close_rx) = Closer::new();
     let handle = ConnHandle {
         user: user.clone(),
         tx: tx.clone(),
@@ -107,7 +108,7 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
         }
     };
 
-    let mut session = Session {
+    let session = Session {
         typing: false,
         limiter: RateLimiter::new(
             limits.rate_per_sec,
@@ -116,28 +117,126 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
             Instant::now(),
         ),
     };
-    let end = match start(&app, &admitted, &query, &mut sink).await {
-        Err(end) => end,
-        Ok(last_seq) => {
-            let token_expiry = deadline(admitted.exp, app.config.jwt_leeway_secs);
-            let mut shutdown = app.shutdown.clone();
-            tokio::select! {
-                end = read_loop(&app, &admitted, &mut stream, &mut session, &tx) => end,
-                end = write_loop(&mut sink, &mut rx, last_seq, limits.ping_interval()) => end,
-                code = close_rx.wait_for(Option::is_some) => {
-                    End::Close(code.ok().and_then(|c| *c).unwrap_or(CloseCode::ServerError))
-                }
-                _ = shutdown.wait_for(|stop| *stop) => End::Close(CloseCode::Restart),
-                _ = tokio::time::sleep_until(token_expiry) => End::Close(CloseCode::Unauthorized),
-            }
+    let (end, typing) = match start(&app, &admitted, &query, &mut sink).await {
+        Err(end) => {
+            finish(&app, &mut sink, &mut stream, end, None).await;
+            (end, false)
+        }
+        Ok(delivered) => {
+            let halves = Halves {
+                sink,
+                stream,
+                rx,
+                tx,
+                session,
+            };
+            drive(&app, &admitted, halves, close_rx, delivered).await
         }
     };
-    // Graceful shutdown finishes what was queued before the 1012.
-    let flush_first = (end == End::Close(CloseCode::Restart)).then_some(&mut rx);
-    finish(&app, &mut sink, &mut stream, end, flush_first).await;
-    cleanup(&app, &admitted, conn_id, &session).await;
+    cleanup(&app, &admitted, conn_id, typing).await;
     app.metrics.connections.fetch_sub(1, Relaxed);
     tracing::info!(%chat, user = %user, end = ?end, "disconnected");
+}
+
+/// A connection's socket halves and queue, and the reader's state.
+struct Halves {
+    sink: SplitSink<WebSocket, WsMessage>,
+    stream: SplitStream<WebSocket>,
+    rx: mpsc::Receiver<Outbound>,
+    /// For the reader's direct answers (errors, pongs, duplicate echoes).
+    tx: mpsc::Sender<Outbound>,
+    session: Session,
+}
+
+/// Runs the reader and the writer as two tasks until one ends or the connection is told
+/// to close (hub, shutdown, token expiry), gets both halves back and closes. Returns how
+/// the connection ended and whether its user was typing.
+async fn drive(
+    app: &Arc<AppState>,
+    admitted: &Arc<Admitted>,
+    halves: Halves,
+    mut close_rx: watch::Receiver<Option<CloseCode>>,
+    delivered: Seq,
+) -> (End, bool) {
+    let Halves {
+        mut sink,
+        mut stream,
+        mut rx,
+        tx,
+        mut session,
+    } = halves;
+    // Each task stops at once when told and hands its half back, so that the close
+    // frame can be written and the client's reply read.
+    let (stop_reader, reader_stopped) = oneshot::channel::<()>();
+    let (stop_writer, writer_stopped) = oneshot::channel::<()>();
+    let mut reader = tokio::spawn({
+        let (app, admitted) = (app.clone(), admitted.clone());
+        async move {
+            let end = tokio::select! {
+                end = read_loop(&app, &admitted, &mut stream, &mut session, &tx) => Some(end),
+                _ = reader_stopped => None,
+            };
+            (end, stream, session)
+        }
+    });
+    let ping_every = app.config.limits.ping_interval();
+    let mut writer = tokio::spawn(async move {
+        let end = tokio::select! {
+            end = write_loop(&mut sink, &mut rx, delivered, ping_every) => Some(end),
+            _ = writer_stopped => None,
+        };
+        (end, sink, rx)
+    });
+
+    let token_expiry = deadline(admitted.exp, app.config.jwt_leeway_secs);
+    let mut shutdown = app.shutdown.clone();
+    let server_error = End::Close(CloseCode::ServerError);
+    let mut reader_out = None;
+    let mut writer_out = None;
+    let end = tokio::select! {
+        out = &mut reader => {
+            let out = out.ok();
+            let end = out.as_ref().and_then(|(end, ..)| *end).unwrap_or(server_error);
+            reader_out = Some(out);
+            end
+        }
+        out = &mut writer => {
+            let out = out.ok();
+            let end = out.as_ref().and_then(|(end, ..)| *end).unwrap_or(server_error);
+            writer_out = Some(out);
+            end
+        }
+        code = close_rx.wait_for(Option::is_some) => {
+            End::Close(code.ok().and_then(|c| *c).unwrap_or(CloseCode::ServerError))
+        }
+        _ = shutdown.wait_for(|stop| *stop) => End::Close(CloseCode::Restart),
+        _ = tokio::time::sleep_until(token_expiry) => End::Close(CloseCode::Unauthorized),
+    };
+    let _ = stop_reader.send(());
+    let _ = stop_writer.send(());
+    let reader_out = match reader_out {
+        Some(out) => out,
+        None => reader.await.ok(),
+    };
+    let writer_out = match writer_out {
+        Some(out) => out,
+        None => writer.await.ok(),
+    };
+    match (reader_out, writer_out) {
+        (Some((_, mut stream, session)), Some((_, mut sink, mut rx))) => {
+            // Graceful shutdown finishes what was queued before the 1012.
+            let flush_first = (end == End::Close(CloseCode::Restart)).then_some(&mut rx);
+            finish(app, &mut sink, &mut stream, end, flush_first).await;
+            (end, session.typing)
+        }
+        (reader_out, _) => {
+            // A task panicked and took its half with it; dropping the other closes TCP.
+            tracing::error!(chat = %admitted.chat, "connection task failed");
+            app.metrics.close(CloseCode::ServerError);
+            let typing = reader_out.is_some_and(|(_, _, session)| session.typing);
+            (server_error, typing)
+        }
+    }
 }
 
 /// Token, chat, membership and the per-user limit, in that order.
@@ -588,7 +687,7 @@ async fn finish(
 }
 
 /// Leaves the hub, and tells the chat when this was the user's last connection.
-async fn cleanup(app: &AppState, admitted: &Admitted, conn_id: u64, session: &Session) {
+async fn cleanup(app: &AppState, admitted: &Admitted, conn_id: u64, typing: bool) {
     let chat = &admitted.chat;
     let backend = &app.backend;
     app.rooms.leave(&**backend, chat, conn_id).await;
@@ -605,7 +704,7 @@ async fn cleanup(app: &AppState, admitted: &Admitted, conn_id: u64, session: &Se
     let me = &admitted.me;
     let mut events = Vec::with_capacity(2);
     // The typing lease: nobody is left to send this user's typing_stop.
-    if session.typing {
+    if typing {
         events.push(ServerEvent::TypingStop {
             user_id: me.user_id.clone(),
         });
