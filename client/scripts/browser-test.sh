@@ -71,6 +71,7 @@ field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$READY"; }
 export HABLAR_TEST_SERVER="$(field server)"
 export HABLAR_TEST_CONTROL="$(field control)"
 export HABLAR_TEST_PROXY="$(field proxy)"
+export HABLAR_TEST_BASE="$(field base)"
 echo "browser-test: server $HABLAR_TEST_SERVER, control $HABLAR_TEST_CONTROL, proxy $HABLAR_TEST_PROXY"
 
 # The whole run shares one timeout in wasm-bindgen-test-runner (default 20 s).

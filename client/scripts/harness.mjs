@@ -5,14 +5,19 @@
 // - runs a TCP proxy in front of it that can be "cut" (every connection through it is
 //   dropped and new ones refused), to take one client offline while the server and the
 //   other clients stay up;
-// - offers both over a CORS-enabled HTTP control endpoint the tests call with fetch:
-//   POST /restart?pause_ms=N, POST /proxy/cut, POST /proxy/restore, GET /health.
+// - runs a base-layer peer: a stand-in for the Django Channels backend that speaks only
+//   the base layer of PROTOCOL.md (no ready, no seq, no pong; integer message ids; it
+//   trusts the token's user_id claim), to prove the SDK degrades gracefully;
+// - offers all of it over a CORS-enabled HTTP control endpoint the tests call with fetch:
+//   POST /restart?pause_ms=N, POST /proxy/cut, POST /proxy/restore, POST /base/drop
+//   (the base-layer peer drops every socket without a close frame), GET /health.
 //
 // Prints one line when ready:
-//   harness ready server=http://127.0.0.1:P control=http://127.0.0.1:C proxy=ws://127.0.0.1:X
+//   harness ready server=http://127.0.0.1:P control=http://127.0.0.1:C proxy=ws://127.0.0.1:X base=ws://127.0.0.1:B
 // Usage: node harness.mjs <path/to/hablar-server> [server log file]
 
 import { spawn } from "node:child_process";
+import crypto from "node:crypto";
 import { createWriteStream } from "node:fs";
 import http from "node:http";
 import net from "node:net";
@@ -117,6 +122,117 @@ function cutProxy() {
   proxied.clear();
 }
 
+// The base-layer peer: a minimal WebSocket server (RFC 6455 framing by hand, so the
+// harness needs no npm packages) that relays like a Channels group send.
+const baseClients = new Set();
+let baseNextId = 1;
+const basePeer = http.createServer((req, res) => res.writeHead(404).end());
+basePeer.on("upgrade", (req, socket) => {
+  const url = new URL(req.url, "http://localhost");
+  let claims = {};
+  try {
+    claims = JSON.parse(Buffer.from(url.searchParams.get("token").split(".")[1], "base64url"));
+  } catch {}
+  if (!/^\/ws\/chat\/[\w-]+\/?$/.test(url.pathname) || claims.user_id === undefined) {
+    socket.end("HTTP/1.1 403 Forbidden\r\n\r\n");
+    return;
+  }
+  const accept = crypto
+    .createHash("sha1")
+    .update(req.headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
+    .digest("base64");
+  socket.write(
+    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+      `Sec-WebSocket-Accept: ${accept}\r\n\r\n`,
+  );
+  const client = {
+    socket,
+    user: String(claims.user_id),
+    name: claims.username ?? String(claims.user_id),
+  };
+  baseClients.add(client);
+  let pending = Buffer.alloc(0);
+  socket.on("data", (chunk) => {
+    pending = Buffer.concat([pending, chunk]);
+    for (let frame; (frame = parseFrame(pending)); ) {
+      pending = pending.subarray(frame.size);
+      baseFrame(client, frame);
+    }
+  });
+  socket.on("close", () => baseClients.delete(client));
+  socket.on("error", () => socket.destroy());
+});
+
+function parseFrame(buf) {
+  if (buf.length < 2) return null;
+  let len = buf[1] & 0x7f;
+  let off = 2;
+  if (len === 126) {
+    if (buf.length < 4) return null;
+    len = buf.readUInt16BE(2);
+    off = 4;
+  } else if (len === 127) {
+    if (buf.length < 10) return null;
+    len = Number(buf.readBigUInt64BE(2));
+    off = 10;
+  }
+  const masked = (buf[1] & 0x80) !== 0;
+  const mask = off;
+  if (masked) off += 4;
+  if (buf.length < off + len) return null;
+  const payload = Buffer.from(buf.subarray(off, off + len));
+  if (masked) for (let i = 0; i < len; i++) payload[i] ^= buf[mask + (i % 4)];
+  return { opcode: buf[0] & 0x0f, payload, size: off + len };
+}
+
+function sendText(socket, text) {
+  const data = Buffer.from(text);
+  let header;
+  if (data.length < 126) {
+    header = Buffer.from([0x81, data.length]);
+  } else {
+    header = Buffer.alloc(4);
+    header[0] = 0x81;
+    header[1] = 126;
+    header.writeUInt16BE(data.length, 2);
+  }
+  socket.write(Buffer.concat([header, data]));
+}
+
+function baseFrame(client, frame) {
+  if (frame.opcode === 8) {
+    client.socket.end(Buffer.from([0x88, 0]));
+    return;
+  }
+  if (frame.opcode !== 1) return;
+  let event;
+  try {
+    event = JSON.parse(frame.payload.toString());
+  } catch {
+    return;
+  }
+  let out;
+  if (event.type === "typing_start") {
+    out = { type: "typing_start", user_id: client.user, username: client.name };
+  } else if (event.type === "typing_stop") {
+    out = { type: "typing_stop", user_id: client.user };
+  } else if (event.type === "new_message" && typeof event.message?.content === "string") {
+    out = {
+      type: "new_message",
+      message: {
+        ...event.message,
+        id: baseNextId++,
+        sender: { id: client.user, username: client.name },
+        created_at: new Date().toISOString(),
+      },
+    };
+  } else {
+    return; // ping and other extensions: a base-layer peer answers nothing
+  }
+  // A Channels group send reaches the whole group, the sender included.
+  for (const c of baseClients) sendText(c.socket, JSON.stringify(out));
+}
+
 const control = http.createServer(async (req, res) => {
   const cors = {
     "access-control-allow-origin": "*",
@@ -135,6 +251,9 @@ const control = http.createServer(async (req, res) => {
       cutProxy();
     } else if (req.method === "POST" && url.pathname === "/proxy/restore") {
       proxyCut = false;
+    } else if (req.method === "POST" && url.pathname === "/base/drop") {
+      for (const c of baseClients) c.socket.destroy();
+      baseClients.clear();
     } else if (!(req.method === "GET" && url.pathname === "/health")) {
       res.writeHead(404, cors).end("not found");
       return;
@@ -162,8 +281,10 @@ try {
   serverPort = await startServer(0);
   const controlPort = await listen(control);
   const proxyPort = await listen(proxy);
+  const basePort = await listen(basePeer);
   console.log(
-    `harness ready server=http://127.0.0.1:${serverPort} control=http://127.0.0.1:${controlPort} proxy=ws://127.0.0.1:${proxyPort}`,
+    `harness ready server=http://127.0.0.1:${serverPort} control=http://127.0.0.1:${controlPort} ` +
+      `proxy=ws://127.0.0.1:${proxyPort} base=ws://127.0.0.1:${basePort}`,
   );
 } catch (e) {
   console.error(`harness failed: ${e.message}`);

@@ -35,6 +35,11 @@ fn proxy() -> &'static str {
     required(option_env!("HABLAR_TEST_PROXY"))
 }
 
+/// A base-layer peer (no extensions), standing in for a Django Channels backend.
+fn base_layer() -> &'static str {
+    required(option_env!("HABLAR_TEST_BASE"))
+}
+
 fn now() -> f64 {
     js_sys::Date::now()
 }
@@ -531,4 +536,67 @@ async fn an_expired_token_is_refreshed_once_through_the_provider() {
     );
     drop(peer);
     drop(provider);
+}
+
+#[wasm_bindgen_test]
+async fn a_base_layer_peer_without_extensions_still_connects_types_sends_and_reconnects() {
+    let alice = Peer::new("alice", "general", base_layer()).await;
+    let bob = Peer::new("bob", "general", base_layer()).await;
+    // No `ready` ever comes: open after the ready timeout, not never.
+    alice.open().await;
+    bob.open().await;
+    assert_eq!(alice.state_names(), ["connecting", "open"]);
+    assert_eq!(alice.client.user_id().as_deref(), Some("alice"), "from the JWT");
+
+    alice.client.typing();
+    wait_until("bob sees alice typing", 2_000.0, || bob.typers() == ["alice"]).await;
+    sleep(200).await;
+    assert!(
+        alice.typers().is_empty(),
+        "the peer echoes alice's typing; it is filtered"
+    );
+
+    let tag = tag("base");
+    let echo = bob
+        .send(&(tag.clone() + " 1"))
+        .await
+        .expect("acknowledged by its echo");
+    assert!(get(&echo, "id").as_f64().is_some(), "the base layer's integer id");
+    wait_until("alice gets it", 2_000.0, || {
+        with_tag(alice.contents(), &tag).len() == 1
+    })
+    .await;
+    assert!(alice.typers().is_empty() || alice.typers() == ["bob"]);
+
+    // The peer drops every socket without a close frame (1006 in the browser).
+    harness("/base/drop").await;
+    wait_until("alice is back", 10_000.0, || {
+        alice.state_names().contains(&"reconnecting".to_owned()) && alice.state() == "open"
+    })
+    .await;
+    let reasons: Vec<String> = alice
+        .reloads
+        .borrow()
+        .iter()
+        .map(|(_, e)| text(e, "reason"))
+        .collect();
+    assert_eq!(
+        reasons,
+        ["no_resume"],
+        "missed messages cannot be replayed: reload"
+    );
+    wait_until("bob is back", 10_000.0, || bob.state() == "open").await;
+    alice
+        .send(&(tag.clone() + " 2"))
+        .await
+        .expect("sending works again");
+    wait_until("bob gets it", 2_000.0, || {
+        with_tag(bob.contents(), &tag).len() == 2
+    })
+    .await;
+    sleep(200).await;
+    assert_eq!(
+        with_tag(bob.contents(), &tag),
+        [tag.clone() + " 1", tag.clone() + " 2"]
+    );
 }
