@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 scripts/setup.sh --demo
-echo "demo: building the npm package (wasm-pack, release)"
-wasm-pack --log-level warn build client --target web --release --out-dir pkg
+echo "demo: building the npm package (wasm-pack, release, wasm-opt -Oz)"
+client/scripts/build.sh
 echo "demo: building the server"
 cargo build --quiet -p hablar-server
 bind=${HABLAR_BIND:-127.0.0.1:8080}

@@ -45,7 +45,12 @@ stage "cargo fmt --check" cargo fmt --all -- --check
 stage "clippy (native)" cargo clippy --workspace --all-targets -- -D warnings
 stage "clippy (wasm32)" wasm_clippy
 stage "native tests" cargo test --workspace
-stage "SDK in headless Chromium" wasm-pack test --headless --chrome client
+stage "SDK in headless Chromium" client/scripts/browser-test.sh
+stage "SDK package size" client/scripts/size.sh
+django() {
+  cargo build -q -p hablar-server && tests/django/run-tests.sh
+}
+stage "Django Channels baseline and token interop" django
 
 printf '\n===== summary =====\n'
 printf '%s\n' "${summary[@]}"
