@@ -54,6 +54,9 @@ pub fn router(app: Arc<AppState>) -> Router {
     router.layer(trace).with_state(app)
 }
 
+/// Initial WebSocket read buffer per connection.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 async fn ws_handshake(
     State(app): State<Arc<AppState>>,
     Path(chat): Path<String>,
@@ -72,6 +75,10 @@ async fn ws_handshake(
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let max = app.config.limits.max_frame_bytes;
     upgrade
+        // tungstenite zero-fills its whole read buffer (128 KiB by default) on the first
+        // read, so the default would cost every idle connection 128 KiB of RSS. Client
+        // frames are small; the buffer still grows for a large one (up to `max`).
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| connection::run(app, socket, chat, query))
