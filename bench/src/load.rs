@@ -140,6 +140,9 @@ pub struct Member {
     pub chat: usize,
     /// The write half.
     pub sink: Sink,
+    /// Cleared by the reader when the server closes or loses the connection, so the
+    /// expected deliveries only count members still there.
+    pub alive: Arc<AtomicBool>,
     reader: JoinHandle<()>,
 }
 
@@ -149,7 +152,11 @@ impl Drop for Member {
     }
 }
 
-fn spawn_reader(run: Arc<Run>, mut stream: futures_util::stream::SplitStream<Ws>) -> JoinHandle<()> {
+fn spawn_reader(
+    run: Arc<Run>,
+    alive: Arc<AtomicBool>,
+    mut stream: futures_util::stream::SplitStream<Ws>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(frame) = stream.next().await {
             match frame {
@@ -167,6 +174,7 @@ fn spawn_reader(run: Arc<Run>, mut stream: futures_util::stream::SplitStream<Ws>
                 Ok(_) => {}
             }
         }
+        alive.store(false, Ordering::Relaxed);
         if !run.counters.closing.load(Ordering::Relaxed) {
             run.counters.unexpected_closes.fetch_add(1, Ordering::Relaxed);
         }
@@ -224,10 +232,13 @@ pub async fn connect_layout(
             Ok((ws, took)) => {
                 times.push(took);
                 let (sink, stream) = ws.split();
+                let alive = Arc::new(AtomicBool::new(true));
+                let reader = spawn_reader(run.clone(), alive.clone(), stream);
                 members.push(Member {
                     chat,
                     sink,
-                    reader: spawn_reader(run.clone(), stream),
+                    alive,
+                    reader,
                 });
             }
             Err(err) => {
@@ -289,23 +300,28 @@ pub async fn sweep(
     members: &mut [Member],
     sweep: &Sweep,
 ) -> Vec<StepResult> {
-    // Members per chat (those that connected), and each chat's publisher.
-    let chats = members.iter().map(|m| m.chat + 1).max().unwrap_or(0);
-    let mut per_chat = vec![0u64; chats];
-    let mut publisher: Vec<Option<usize>> = vec![None; chats];
-    for (index, member) in members.iter().enumerate() {
-        per_chat[member.chat] += 1;
-        publisher[member.chat].get_or_insert(index);
-    }
-    let publishers: Vec<(usize, u64)> = (0..chats)
-        .filter_map(|c| publisher[c].map(|p| (p, per_chat[c])))
-        .collect();
     let mut steps = Vec::new();
-    if publishers.is_empty() {
-        return steps;
-    }
-    let fanout = publishers.iter().map(|p| p.1).sum::<u64>() as f64 / publishers.len() as f64;
     for (step, &rate) in sweep.rates.iter().enumerate() {
+        // Members per chat still connected, and each chat's publisher (its first live
+        // member): a member the server dropped is an error, not an expected delivery.
+        let chats = members.iter().map(|m| m.chat + 1).max().unwrap_or(0);
+        let mut per_chat = vec![0u64; chats];
+        let mut publisher: Vec<Option<usize>> = vec![None; chats];
+        for (index, member) in members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.alive.load(Ordering::Relaxed))
+        {
+            per_chat[member.chat] += 1;
+            publisher[member.chat].get_or_insert(index);
+        }
+        let publishers: Vec<(usize, u64)> = (0..chats)
+            .filter_map(|c| publisher[c].map(|p| (p, per_chat[c])))
+            .collect();
+        if publishers.is_empty() {
+            break;
+        }
+        let fanout = publishers.iter().map(|p| p.1).sum::<u64>() as f64 / publishers.len() as f64;
         let step = step as u32;
         let pacer = Pacer::new(rate);
         let count = pacer.count_in(sweep.window).max(1);
