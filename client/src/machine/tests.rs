@@ -528,3 +528,34 @@ fn a_hanging_connect_is_abandoned_and_retried() {
         [State::Reconnecting { attempt: 1, .. }]
     ));
 }
+
+#[test]
+fn a_late_ready_after_the_timeout_turns_on_resume_and_the_heartbeat() {
+    let mut m = machine();
+    m.connect(0.0);
+    m.on_socket_open(0.0);
+    m.tick(2_000.0);
+    assert_eq!(m.state(), &State::Open);
+    assert_eq!(
+        m.next_deadline(),
+        None,
+        "no heartbeat for a peer that may be base-layer"
+    );
+    m.on_frame(2_500.0, ready("e1", 4, true));
+    let out = drain(&mut m);
+    assert_eq!(states(&out), [State::Connecting { attempt: 0 }, State::Open]);
+    assert_eq!(m.next_deadline(), Some(27_500.0), "pings from now on");
+    let Output::Connect { since, .. } = drop_and_retry(&mut m, 3_000.0, 1006) else {
+        unreachable!("drop_and_retry returns a connect");
+    };
+    assert_eq!(since, Some((4, "e1".into())));
+}
+
+#[test]
+fn connect_is_idempotent_while_connected() {
+    let mut m = machine();
+    open_with_ready(&mut m, 0.0, "e1", 0);
+    m.connect(10.0);
+    assert!(drain(&mut m).is_empty());
+    assert_eq!(m.state(), &State::Open);
+}
