@@ -123,6 +123,12 @@ pub struct Limits {
     /// Open connections one user may have on this instance; more close with 4429.
     #[arg(long, env = "HABLAR_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
     pub max_connections_per_user: usize,
+    /// Handshakes per second one user may make on average; more close with 4429.
+    #[arg(long, env = "HABLAR_CONNECT_RATE_PER_SEC", default_value_t = 1.0)]
+    pub connect_rate_per_sec: f64,
+    /// Handshakes one user may make in a burst (tabs opening, a reconnect storm).
+    #[arg(long, env = "HABLAR_CONNECT_BURST", default_value_t = 20)]
+    pub connect_burst: u32,
     /// Frames queued for one connection; a slow reader past it is closed with 4408.
     #[arg(long, env = "HABLAR_OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
@@ -185,7 +191,13 @@ impl Config {
             ));
         }
         let l = &self.limits;
-        if l.max_frame_bytes < 1024 || l.outbound_queue == 0 || l.rate_burst == 0 || l.rate_per_sec <= 0.0 {
+        if l.max_frame_bytes < 1024
+            || l.outbound_queue == 0
+            || l.rate_burst == 0
+            || l.rate_per_sec <= 0.0
+            || l.connect_burst == 0
+            || l.connect_rate_per_sec <= 0.0
+        {
             return Err(Error::Config(
                 "limits: max frame ≥ 1024 bytes, queue, burst and rate must be positive".into(),
             ));

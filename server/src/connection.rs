@@ -246,6 +246,9 @@ async fn admit(app: &AppState, chat: &str, token: Option<&str>) -> Result<Admitt
         tracing::info!(reason = %err, "token refused");
         CloseCode::Unauthorized
     })?;
+    if !app.connect_rate.allow(&claims.user_id, Instant::now()) {
+        return Err(CloseCode::TooMany);
+    }
     let chat = ChatId::new(chat).map_err(|_| CloseCode::NotFound)?;
     let backend = &app.backend;
     let server_error = |err: crate::Error| {

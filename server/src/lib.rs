@@ -43,7 +43,7 @@ pub use error::{Error, Result};
 use crate::auth::Verifier;
 use crate::backend::redis::RedisBackend;
 use crate::backend::{Backend, MemoryBackend};
-use crate::limits::ConnectionCounter;
+use crate::limits::{ConnectRate, ConnectionCounter};
 use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
 use crate::rooms::Rooms;
@@ -64,6 +64,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Open connections per user.
     pub connections: Arc<ConnectionCounter>,
+    /// Handshakes per user.
+    pub connect_rate: ConnectRate,
     /// Becomes `true` when the server shuts down: connections close with 1012.
     pub shutdown: watch::Receiver<bool>,
     /// Held by every connection task; [`serve`] waits until all are dropped.
@@ -108,6 +110,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tracker, mut all_closed) = mpsc::channel::<()>(1);
     let grace = config.limits.shutdown_grace();
+    let connect_rate = ConnectRate::new(config.limits.connect_rate_per_sec, config.limits.connect_burst);
     let app = Arc::new(AppState {
         verifier: Verifier::new(secret.expose().as_bytes(), config.jwt_leeway_secs),
         origins: OriginPolicy::new(&config.allowed_origins, config.refuse_missing_origin, config.dev),
@@ -116,6 +119,7 @@ pub async fn serve(
         rooms,
         metrics,
         connections: Arc::new(ConnectionCounter::default()),
+        connect_rate,
         shutdown: stop_rx,
         tracker,
     });

@@ -69,6 +69,53 @@ impl RateLimiter {
     }
 }
 
+impl RateLimiter {
+    /// Whether the bucket would be full at `now` (its owner has been quiet long enough
+    /// that forgetting it changes nothing).
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
+    }
+}
+
+/// Handshakes per user on this instance: a token bucket each, so that a client stuck in
+/// a reconnect loop gets 4429 instead of costing a token check and store reads each time.
+#[derive(Debug)]
+pub struct ConnectRate {
+    /// Buckets by user; full ones are forgotten when the map grows.
+    buckets: Mutex<HashMap<UserId, RateLimiter>>,
+    /// Handshakes per second per user, on average.
+    rate: f64,
+    /// Handshakes per user in a burst.
+    burst: u32,
+}
+
+impl ConnectRate {
+    /// Users tracked before full buckets are swept out.
+    const SWEEP_AT: usize = 10_000;
+
+    /// A limiter allowing `burst` handshakes at once and `rate_per_sec` after.
+    pub fn new(rate_per_sec: f64, burst: u32) -> Self {
+        Self {
+            buckets: Mutex::default(),
+            rate: rate_per_sec,
+            burst: burst.max(1),
+        }
+    }
+
+    /// Whether `user` may open another connection at `now`.
+    pub fn allow(&self, user: &UserId, now: Instant) -> bool {
+        let mut buckets = self.buckets.lock();
+        if buckets.len() >= Self::SWEEP_AT {
+            buckets.retain(|_, bucket| !bucket.is_full(now));
+        }
+        let bucket = buckets
+            .entry(user.clone())
+            .or_insert_with(|| RateLimiter::new(self.rate, self.burst, u32::MAX, now));
+        bucket.check(now) == RateDecision::Allow
+    }
+}
+
 /// Open connections per user on this instance.
 #[derive(Debug, Default)]
 pub struct ConnectionCounter {
@@ -153,6 +200,19 @@ mod tests {
         assert_eq!(limiter.check(now), RateDecision::Limited);
         assert_eq!(limiter.check(now), RateDecision::Limited);
         assert_eq!(limiter.check(now), RateDecision::Close);
+    }
+
+    #[test]
+    fn handshakes_are_limited_per_user() {
+        let now = Instant::now();
+        let rate = ConnectRate::new(1.0, 2);
+        let alice = UserId::new("alice").expect("id");
+        let bob = UserId::new("bob").expect("id");
+        assert!(rate.allow(&alice, now));
+        assert!(rate.allow(&alice, now));
+        assert!(!rate.allow(&alice, now));
+        assert!(rate.allow(&bob, now), "another user has their own bucket");
+        assert!(rate.allow(&alice, now + Duration::from_secs(1)));
     }
 
     #[test]

@@ -16,7 +16,23 @@ backend_tests!(
     a_token_that_expires_mid_session_closes_with_4401,
     leeway_accepts_a_just_expired_token_when_configured,
     too_many_connections_of_one_user_close_with_4429,
+    a_reconnect_storm_of_one_user_closes_with_4429,
 );
+
+async fn a_reconnect_storm_of_one_user_closes_with_4429(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.connect_burst = 3;
+        c.limits.connect_rate_per_sec = 0.1;
+    })
+    .await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    for _ in 0..3 {
+        server.join("room", "alice").await.close().await;
+    }
+    let mut storm = server.connect("room", &tokens::token("alice")).await;
+    assert_eq!(storm.expect_close().await, 4429);
+    server.join("room", "bob").await;
+}
 
 async fn a_member_with_a_valid_token_gets_ready_on_both_paths(backend: Backend) {
     let server = TestServer::start(backend).await;
