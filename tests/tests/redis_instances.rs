@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use hablar_protocol::events::{Message, ServerEvent};
-use hablar_tests::redis::RedisServer;
 use hablar_tests::client::Frame;
+use hablar_tests::redis::RedisServer;
 use hablar_tests::{tokens, Client, TestServer};
 use serde_json::json;
 
@@ -59,7 +59,9 @@ async fn everyone_sees_one_order(servers: &[TestServer], users: &[&str], per_mem
     }
     for (client, user) in clients.iter_mut().zip(users) {
         for i in 0..per_member {
-            client.send_json(&send(&format!("{user} {i}"), &format!("{user}-{i}"))).await;
+            client
+                .send_json(&send(&format!("{user} {i}"), &format!("{user}-{i}")))
+                .await;
         }
     }
     let total = per_member * users.len();
@@ -73,7 +75,11 @@ async fn everyone_sees_one_order(servers: &[TestServer], users: &[&str], per_mem
         orders.push(order);
     }
     let seqs: Vec<u64> = orders[0].iter().map(|(seq, _, _)| *seq).collect();
-    assert_eq!(seqs, (1..=total as u64).collect::<Vec<_>>(), "gapless, in seq order");
+    assert_eq!(
+        seqs,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "gapless, in seq order"
+    );
     for (user, order) in users.iter().zip(&orders) {
         assert_eq!(order, &orders[0], "{user} saw another order");
     }
@@ -110,10 +116,9 @@ async fn typing_and_presence_cross_instances() {
     let online: Vec<&str> = ready.presence.iter().map(|p| p.user_id.as_str()).collect();
     assert_eq!(online, ["alice", "bob"], "bob on B sees alice on A online");
     match alice.recv_event().await {
-        ServerEvent::PresenceJoin(user) => assert_eq!(
-            (user.user_id.as_str(), user.username.as_str()),
-            ("bob", "Bob B.")
-        ),
+        ServerEvent::PresenceJoin(user) => {
+            assert_eq!((user.user_id.as_str(), user.username.as_str()), ("bob", "Bob B."))
+        }
         other => panic!("expected bob's presence_join, got {other:?}"),
     }
     bob.send_json(&json!({"type": "typing_start"})).await;

@@ -942,12 +942,22 @@ async fn catch_up(inner: &Inner, chat: &ChatId) {
         return;
     }
     let max = inner.opts.max_catch_up.max(1);
-    let snap = match inner.snapshot(chat, Some(cursor.last + 1), max + 1).await {
-        Ok(snap) => snap,
-        Err(err) => {
-            tracing::warn!(%chat, error = %err, "catch-up read failed");
-            resync("catch-up read failed");
-            return;
+    // Right after an outage the command connection may still be reconnecting: give it
+    // a few short tries before making every local client reconnect.
+    let mut tries = 0;
+    let snap = loop {
+        match inner.snapshot(chat, Some(cursor.last + 1), max + 1).await {
+            Ok(snap) => break snap,
+            Err(err) if tries < 4 => {
+                tracing::debug!(%chat, error = %err, "catch-up read failed; retrying");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(25 << tries)).await;
+            }
+            Err(err) => {
+                tracing::warn!(%chat, error = %err, "catch-up read failed");
+                resync("catch-up read failed");
+                return;
+            }
         }
     };
     if cursor.epoch.as_deref().is_some_and(|e| e != snap.epoch) {
