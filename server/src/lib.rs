@@ -110,7 +110,15 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tracker, mut all_closed) = mpsc::channel::<()>(1);
     let grace = config.limits.shutdown_grace();
-    let connect_rate = ConnectRate::new(config.limits.connect_rate_per_sec, config.limits.connect_burst);
+    // Dev mode's browser suites reconnect as the same seeded users all the time.
+    let connect_rate = if config.dev {
+        ConnectRate::new(
+            config.limits.connect_rate_per_sec.max(100.0),
+            config.limits.connect_burst.max(1000),
+        )
+    } else {
+        ConnectRate::new(config.limits.connect_rate_per_sec, config.limits.connect_burst)
+    };
     let app = Arc::new(AppState {
         verifier: Verifier::new(secret.expose().as_bytes(), config.jwt_leeway_secs),
         origins: OriginPolicy::new(&config.allowed_origins, config.refuse_missing_origin, config.dev),
