@@ -55,7 +55,17 @@ TIME_ZONE = "UTC"
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")]},
+        "CONFIG": {
+            "hosts": [
+                {
+                    "address": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+                    # redis-py 8 made socket_timeout default to 5 s; channels_redis's idle
+                    # BZPOPMIN then times out and every consumer idle for ~5 s dies with
+                    # 1011 (django/channels_redis#422). Restore redis-py 7's no timeout.
+                    "socket_timeout": None,
+                }
+            ]
+        },
     }
 }
 
