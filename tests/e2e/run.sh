@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Browser end-to-end tests: the demo page (www/) on hablar-server --dev, and the SDK
+# against the Django Channels base-layer backend, in Debian's headless Chromium
+# (playwright-core), with node's test runner. Screenshots: test-output/e2e/*.png.
+#
+#   tests/e2e/run.sh
+#
+# Builds the npm package (wasm-pack, release, as a frontend gets it) when the SDK's
+# sources are newer than it, and the debug server binary; prepares the Django backend;
+# starts hablar-server on a free port; runs `node --test tests/e2e/`; stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# node_modules/.bin first: a wasm-opt installed from npm wins over an older system one.
+export PATH="$PWD/node_modules/.bin:$HOME/.cargo/bin:$PATH"
+
+tmp=$(mktemp -d /tmp/hablar-e2e.XXXXXX)
+cleanup() {
+  local pidfile
+  for pidfile in "$tmp"/*.pid; do
+    [[ -f $pidfile ]] && kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+  done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+say() { printf 'e2e: %s\n' "$*"; }
+
+pkg=client/pkg/hablar_client_bg.wasm
+if [[ ! -f $pkg ]] || [[ -n $(find client/src client/Cargo.toml protocol/src protocol/Cargo.toml Cargo.toml Cargo.lock -newer "$pkg" -print -quit) ]]; then
+  say "building the npm package (wasm-pack build client --target web --release)"
+  wasm-pack --log-level warn build client --target web --release --out-dir pkg
+fi
+say "building the server (debug)"
+cargo build --quiet -p hablar-server
+
+say "preparing the Django Channels backend"
+export HABLAR_DJANGO_DB="$tmp/django.sqlite3"
+tests/django/setup.sh
+
+# The server the page tests share. The restart test kills it and starts another on the
+# same port, writing that one's pid to the same file, so the trap stops the right one.
+export HABLAR_E2E_TMP="$tmp"
+export HABLAR_E2E_PIDFILE="$tmp/hablar-server.pid"
+export HABLAR_E2E_SERVER_LOG="$tmp/hablar-server.log"
+RUST_LOG=${RUST_LOG:-warn} target/debug/hablar-server --dev --bind 127.0.0.1:0 \
+  --www-dir www --pkg-dir client/pkg >"$tmp/hablar-server.out" 2>>"$HABLAR_E2E_SERVER_LOG" &
+echo $! >"$HABLAR_E2E_PIDFILE"
+for _ in $(seq 100); do
+  url=$(sed -n 's/^hablar-server listening on \(http:\/\/.*\)$/\1/p' "$tmp/hablar-server.out")
+  [[ -n $url ]] && break
+  kill -0 "$(cat "$HABLAR_E2E_PIDFILE")" 2>/dev/null || break
+  sleep 0.1
+done
+if [[ -z ${url:-} ]]; then
+  say "the server did not start:"
+  cat "$HABLAR_E2E_SERVER_LOG"
+  exit 1
+fi
+export HABLAR_E2E_URL="$url"
+say "hablar-server on $url"
+
+mkdir -p test-output/e2e
+status=0
+node --test tests/e2e/ || status=$?
+if ((status)); then
+  say "FAILED; hablar-server log (last 40 lines):"
+  tail -n 40 "$HABLAR_E2E_SERVER_LOG" || true
+fi
+say "screenshots in test-output/e2e/"
+exit "$status"
