@@ -202,6 +202,8 @@ ui.composer.addEventListener("submit", (e) => {
 // Every keystroke: the SDK turns these into typing_start/typing_stop leases.
 ui.input.addEventListener("input", () => (ui.input.value ? client?.typing() : client?.stopTyping()));
 ui.input.addEventListener("blur", () => client?.stopTyping());
+// Leaving the page: say goodbye properly (typing_stop, clean close).
+addEventListener("pagehide", () => client?.close());
 
 // Load the wasm module once, then join the room named in the URL, if any.
 await init();

@@ -5,13 +5,13 @@
 #
 #   tests/e2e/run.sh
 #
-# Builds the npm package (wasm-pack, release, as a frontend gets it) when the SDK's
-# sources are newer than it, and the debug server binary; prepares the Django backend;
+# Builds the npm package (client/scripts/build.sh: wasm-pack --target web --release, then
+# wasm-opt -Oz, as a frontend gets it) when the SDK's sources are newer than it, and the
+# debug server binary; prepares the Django backend;
 # starts hablar-server on a free port; runs `node --test tests/e2e/`; stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# node_modules/.bin first: a wasm-opt installed from npm wins over an older system one.
-export PATH="$PWD/node_modules/.bin:$HOME/.cargo/bin:$PATH"
+export PATH="$HOME/.cargo/bin:$PATH"
 
 tmp=$(mktemp -d /tmp/hablar-e2e.XXXXXX)
 cleanup() {
@@ -26,10 +26,15 @@ trap 'exit 130' INT TERM
 
 say() { printf 'e2e: %s\n' "$*"; }
 
+# playwright-core (drives Debian's Chromium) and the rest: scripts/setup.sh installs them.
+if [[ ! -d node_modules/playwright-core || ! -x /usr/bin/chromium ]] || ! command -v redis-server >/dev/null; then
+  scripts/setup.sh
+fi
+
 pkg=client/pkg/hablar_client_bg.wasm
-if [[ ! -f $pkg ]] || [[ -n $(find client/src client/Cargo.toml protocol/src protocol/Cargo.toml Cargo.toml Cargo.lock -newer "$pkg" -print -quit) ]]; then
-  say "building the npm package (wasm-pack build client --target web --release)"
-  wasm-pack --log-level warn build client --target web --release --out-dir pkg
+if [[ ! -f $pkg ]] || [[ -n $(find client/src client/Cargo.toml protocol/src protocol/Cargo.toml Cargo.toml Cargo.lock client/scripts/build.sh -newer "$pkg" -print -quit) ]]; then
+  say "building the npm package (client/scripts/build.sh)"
+  client/scripts/build.sh
 fi
 say "building the server (debug)"
 cargo build --quiet -p hablar-server
@@ -46,6 +51,7 @@ export HABLAR_E2E_SERVER_LOG="$tmp/hablar-server.log"
 RUST_LOG=${RUST_LOG:-warn} target/debug/hablar-server --dev --bind 127.0.0.1:0 \
   --www-dir www --pkg-dir client/pkg >"$tmp/hablar-server.out" 2>>"$HABLAR_E2E_SERVER_LOG" &
 echo $! >"$HABLAR_E2E_PIDFILE"
+disown  # the restart test kills it: no "Killed" job notice
 for _ in $(seq 100); do
   url=$(sed -n 's/^hablar-server listening on \(http:\/\/.*\)$/\1/p' "$tmp/hablar-server.out")
   [[ -n $url ]] && break
