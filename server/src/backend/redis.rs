@@ -944,14 +944,19 @@ async fn catch_up(inner: &Inner, chat: &ChatId) {
     let max = inner.opts.max_catch_up.max(1);
     // Right after an outage the command connection may still be reconnecting: give it
     // a few short tries before making every local client reconnect.
-    let mut tries = 0;
+    let give_up = tokio::time::Instant::now() + (inner.timeout() * 4).max(Duration::from_secs(1));
+    let mut pause = Duration::from_millis(25);
     let snap = loop {
         match inner.snapshot(chat, Some(cursor.last + 1), max + 1).await {
             Ok(snap) => break snap,
-            Err(err) if tries < 4 => {
+            Err(Error::NotFound) => {
+                resync("the chat is gone from the store");
+                return;
+            }
+            Err(err) if tokio::time::Instant::now() + pause < give_up => {
                 tracing::debug!(%chat, error = %err, "catch-up read failed; retrying");
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(25 << tries)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
             }
             Err(err) => {
                 tracing::warn!(%chat, error = %err, "catch-up read failed");
