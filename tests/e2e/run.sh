@@ -68,7 +68,9 @@ say "hablar-server on $url"
 
 mkdir -p test-output/e2e
 status=0
-node --test tests/e2e/ || status=$?
+# One file at a time: the demo test rebuilds client/pkg, and two Chromiums on two cores
+# would only make the timings noisy.
+node --test --test-concurrency=1 tests/e2e/ || status=$?
 if ((status)); then
   say "FAILED; hablar-server log (last 40 lines):"
   tail -n 40 "$HABLAR_E2E_SERVER_LOG" || true
