@@ -28,8 +28,24 @@ fi
 WORK="$(mktemp -d -t hablar-browser-test.XXXXXX)"
 HARNESS_PID=""
 SMOKE_SERVER_PID=""
+CHILD_PID=""
+# Runs a long step in its own process group and waits for it, so that a signal to this
+# script is handled at once (bash defers traps while a foreground child runs) and the
+# whole step (wasm-pack, cargo, the test runner, chromedriver) can be stopped.
+run() {
+  setsid "$@" &
+  CHILD_PID=$!
+  local status=0
+  wait "$CHILD_PID" || status=$?
+  CHILD_PID=""
+  return "$status"
+}
 cleanup() {
   local status=$?
+  if [[ -n "$CHILD_PID" ]]; then
+    kill -TERM -- "-$CHILD_PID" 2>/dev/null || true
+    wait "$CHILD_PID" 2>/dev/null || true
+  fi
   if [[ -n "$SMOKE_SERVER_PID" ]]; then
     kill -TERM "$SMOKE_SERVER_PID" 2>/dev/null || true
     wait "$SMOKE_SERVER_PID" 2>/dev/null || true
@@ -50,6 +66,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+: >"$WORK/harness.out"
 node client/scripts/harness.mjs "$SERVER_BIN" "$WORK/server.log" \
   >"$WORK/harness.out" 2>"$WORK/harness.err" &
 HARNESS_PID=$!
@@ -76,19 +93,22 @@ echo "browser-test: server $HABLAR_TEST_SERVER, control $HABLAR_TEST_CONTROL, pr
 
 # The whole run shares one timeout in wasm-bindgen-test-runner (default 20 s).
 export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-300}"
-wasm-pack test --headless --chrome client "$@"
+run wasm-pack test --headless --chrome client "$@"
 
 # The release package itself (what npm users get, wasm-opt'd), through its JS API.
-client/scripts/build.sh
+run client/scripts/build.sh
+# The file must exist before the loop reads it: a background job's redirection is
+# made asynchronously.
+: >"$WORK/smoke-server.out"
 "$SERVER_BIN" --dev --bind 127.0.0.1:0 --www-dir client/scripts/smoke --pkg-dir client/pkg \
   >"$WORK/smoke-server.out" 2>"$WORK/smoke-server.log" &
 SMOKE_SERVER_PID=$!
 SMOKE_URL=""
 for _ in $(seq 1 300); do
-  SMOKE_URL="$(sed -n 's/^hablar-server listening on \(http:[^ ]*\)$/\1/p' "$WORK/smoke-server.out")"
+  SMOKE_URL="$(sed -n 's/^hablar-server listening on \(http:[^ ]*\)$/\1/p' "$WORK/smoke-server.out" || true)"
   [[ -n "$SMOKE_URL" ]] && break
   sleep 0.1
 done
 [[ -n "$SMOKE_URL" ]] || { echo "browser-test: smoke server did not start" >&2; exit 1; }
 echo "browser-test: release package smoke test"
-node client/scripts/smoke.mjs "$SMOKE_URL/index.html"
+run node client/scripts/smoke.mjs "$SMOKE_URL/index.html"
