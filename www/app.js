@@ -57,6 +57,7 @@ function join(user, chat) {
   client.onState(showState);
   client.onMessage((m) => addMessages([m]));
   client.onTyping(showTyping);
+  client.onError((e) => console.warn(`chat error ${e.code}: ${e.detail}`));
   // The server could not replay what we missed while offline: fetch it over HTTP.
   client.onReloadHistory(() => loadHistory(s));
   client.connect();
@@ -69,7 +70,7 @@ function join(user, chat) {
 /** Loads the newest 50 messages over HTTP and merges them with what is shown. */
 async function loadHistory(s) {
   try {
-    const token = await s.token;
+    const token = await (s.token ??= fetchToken(s));
     const res = await fetch(`${server}/api/chats/${s.chat}/messages?limit=50`, {
       headers: { Authorization: `Bearer ${token}` },
     });
