@@ -38,7 +38,7 @@ async function closeAll() {
 
 const unique = (text) => `${text} ${Math.random().toString(36).slice(2, 7)}`;
 
-test("typing shows 'Alice is typing…' to the others and goes away after Alice stops", async () => {
+test("typing shows 'Alice is typing…' to the others and goes away when Alice stops or closes the tab", async () => {
   const alice = await openChat("alice");
   const bob = await openChat("bob");
   const carol = await openChat("carol");
@@ -56,6 +56,16 @@ test("typing shows 'Alice is typing…' to the others and goes away after Alice 
   const stopped = Date.now();
   await waitForText(bob, "typing", /^$/, 6_000);
   assert.ok(Date.now() - stopped < 6_000, "the typing line is gone within the lease");
+
+  // Closing the tab mid-word clears the line at once, not after a lease runs out.
+  await alice.getByTestId("input").pressSequentially(" again", { delay: 40 });
+  await waitForText(bob, "typing", /^Alice is typing…$/);
+  assertNoPageErrors(alice);
+  pages.splice(pages.indexOf(alice), 1);
+  const closed = Date.now();
+  await alice.context().close();
+  await waitForText(bob, "typing", /^$/, 1_500);
+  assert.ok(Date.now() - closed < 1_500, "a closed tab stops typing at once");
   await closeAll();
 });
 
