@@ -10,7 +10,7 @@ mod types;
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
-use hablar_protocol::limits::{MAX_CLIENT_ID_CHARS, MAX_CONTENT_CHARS};
+use hablar_protocol::limits::{MAX_CLIENT_ID_CHARS, MAX_CONTENT_CHARS, MAX_FRAME_BYTES};
 use hablar_protocol::{ChatId, CloseCode};
 use js_sys::{Function, Object, Promise, JSON};
 use wasm_bindgen::prelude::*;
@@ -252,6 +252,12 @@ impl HablarClient {
             let err = js::error("invalid_message", "message is not serialisable", None);
             return Promise::reject(&err).unchecked_into();
         };
+        if text.len() > MAX_FRAME_BYTES {
+            // The server would close with 1009, and the resend after the reconnect would
+            // do it again, forever.
+            let err = js::error("too_large", "message is larger than the server accepts", None);
+            return Promise::reject(&err).unchecked_into();
+        }
         let mut settle = None;
         let promise = Promise::new(&mut |resolve, reject| settle = Some((resolve, reject)));
         let Some((resolve, reject)) = settle else {
@@ -633,18 +639,22 @@ impl Inner {
         }
     }
 
-    /// Resolves or rejects the `send()` promise of `client_id`.
+    /// Resolves or rejects the `send()` promises of `client_id` (more than one when the
+    /// app sent again with the same key before the echo).
     fn settle(&self, client_id: &str, result: Result<JsValue, JsValue>) {
-        let pending = {
+        let settled: Vec<PendingSend> = {
             let mut list = self.pending.borrow_mut();
-            let Some(i) = list.iter().position(|p| p.client_id == client_id) else {
-                return;
-            };
-            list.swap_remove(i)
+            let (settled, waiting) = std::mem::take(&mut *list)
+                .into_iter()
+                .partition(|p| p.client_id == client_id);
+            *list = waiting;
+            settled
         };
-        match result {
-            Ok(message) => js::call(&pending.resolve, &message),
-            Err(err) => js::call(&pending.reject, &err),
+        for pending in &settled {
+            match &result {
+                Ok(message) => js::call(&pending.resolve, message),
+                Err(err) => js::call(&pending.reject, err),
+            }
         }
     }
 }
