@@ -154,6 +154,12 @@ pub enum Output<M> {
     PresenceChanged,
     /// The app should reload history over HTTP.
     ReloadHistory(ReloadReason),
+    /// The server closed for a reason the app should hear about (1009: a frame was too
+    /// big); reconnecting goes on.
+    CloseError {
+        /// The close code.
+        code: u16,
+    },
     /// A waiting send will not be delivered.
     Reject {
         /// The send's `client_id`.
@@ -658,7 +664,11 @@ impl<M: Clone> Machine<M> {
             }
         }
         self.connection_gone();
-        match CloseCode::from_u16(code).action() {
+        let close = CloseCode::from_u16(code);
+        if close == CloseCode::TooBig {
+            self.out.push(Output::CloseError { code });
+        }
+        match close.action() {
             CloseAction::Fail => self.fail(code),
             CloseAction::RefreshToken if !self.refreshed => {
                 self.refreshed = true;

@@ -559,3 +559,16 @@ fn connect_is_idempotent_while_connected() {
     assert!(drain(&mut m).is_empty());
     assert_eq!(m.state(), &State::Open);
 }
+
+#[test]
+fn a_too_big_close_is_reported_and_reconnects() {
+    let mut m = machine();
+    open_with_ready(&mut m, 0.0, "e1", 0);
+    m.on_socket_close(10.0, 1009);
+    let out = drain(&mut m);
+    assert!(out.contains(&Output::CloseError { code: 1009 }));
+    assert!(matches!(
+        states(&out)[..],
+        [State::Reconnecting { attempt: 1, .. }]
+    ));
+}

@@ -436,6 +436,10 @@ impl Inner {
                 set(&event, "reason", &JsValue::from_str(reason));
                 self.emit(Topic::ReloadHistory, &event);
             }
+            Output::CloseError { code } => {
+                let reason = CloseCode::from_u16(code).reason();
+                self.emit(Topic::Error, &js::error("too_large", reason, None));
+            }
             Output::Reject { client_id, error } => {
                 let err = js::error(error.code(), send_error_detail(error.code()), Some(&client_id));
                 self.settle(&client_id, Err(err));
