@@ -11,6 +11,8 @@ import init, { HablarClient } from "/pkg/hablar_client.js";
 // for a backend elsewhere (e.g. a Django Channels deployment).
 const params = new URLSearchParams(location.search);
 const server = params.get("server") || location.origin;
+// `?ttl=5` asks for 5-second tokens, to watch the SDK renew them (close code 4401).
+const ttl = Number(params.get("ttl")) || undefined;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -28,7 +30,7 @@ async function fetchToken(s) {
   const res = await fetch(`${server}/api/dev/token`, {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ user_id: s.user }),
+    body: JSON.stringify({ user_id: s.user, ttl_secs: ttl }),
   });
   if (!res.ok) throw new Error(`token endpoint answered HTTP ${res.status}`);
   const body = await res.json();

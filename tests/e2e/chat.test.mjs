@@ -143,3 +143,29 @@ test("after the server is killed and restarted both pages reconnect and an outag
   await screenshot(bob, "reconnected");
   await closeAll();
 });
+
+test("a session outlives its short-lived tokens: the page renews them and keeps chatting", async () => {
+  // 3-second tokens: the server closes with 4401 as each expires, the page's token
+  // function is asked for a new one, and the SDK reconnects.
+  const alice = await newPage(browser);
+  pages.push(alice);
+  const states = [];
+  await alice.exposeFunction("recordState", (s) => states.push(s));
+  await alice.goto(`${server.url}/?user=alice&chat=general&ttl=3`);
+  await waitForText(alice, "connection", /^● Connected$/);
+  await alice.evaluate(() => new MutationObserver(() =>
+    window.recordState(document.querySelector("[data-testid=connection]").textContent),
+  ).observe(document.querySelector("[data-testid=connection]"), { childList: true, characterData: true, subtree: true }));
+  const bob = await openChat("bob");
+
+  await waitFor("a token expiry and renewal", () => states.some((s) => s !== "● Connected"), 8_000);
+  await waitForText(alice, "connection", /^● Connected$/, 10_000);
+  const text = unique("Still here after my token expired");
+  await alice.getByTestId("input").fill(text);
+  await alice.getByTestId("input").press("Enter");
+  assert.equal(await waitForMessage(bob, text, 10_000), 1, "Bob gets the message once");
+  assert.equal(await waitForMessage(alice, text, 10_000), 1);
+  assert.ok(!states.some((s) => /Failed/.test(s)), `never failed: ${JSON.stringify(states)}`);
+  await screenshot(alice, "token-renewed");
+  await closeAll();
+});
