@@ -151,12 +151,23 @@ impl Peer {
     }
 
     async fn with_token(chat: &str, url: &str, token: JsValue, token_text: String) -> Self {
+        Self::with_options(chat, url, token, token_text, (200, 1000)).await
+    }
+
+    /// `backoff` is (base, cap) of the reconnect delays (quick by default in tests).
+    async fn with_options(
+        chat: &str,
+        url: &str,
+        token: JsValue,
+        token_text: String,
+        backoff: (u32, u32),
+    ) -> Self {
         let options = object(&[
             ("url", url.into()),
             ("chatId", chat.into()),
             ("token", token),
-            ("backoffBaseMs", 200.into()),
-            ("backoffCapMs", 1000.into()),
+            ("backoffBaseMs", backoff.0.into()),
+            ("backoffCapMs", backoff.1.into()),
         ]);
         let client = HablarClient::new(options.unchecked_into()).expect("valid options");
         let mut peer = Peer {
@@ -598,5 +609,34 @@ async fn a_base_layer_peer_without_extensions_still_connects_types_sends_and_rec
     assert_eq!(
         with_tag(bob.contents(), &tag),
         [tag.clone() + " 1", tag.clone() + " 2"]
+    );
+}
+
+#[wasm_bindgen_test]
+async fn the_browser_coming_back_online_reconnects_without_waiting_for_the_backoff() {
+    // Reconnect delays uniform in [0, 60 s): only the `online` event brings alice back
+    // within a second or two.
+    let token = dev_token("alice", None).await;
+    let alice = Peer::with_options("general", proxy(), token.clone().into(), token, (60_000, 60_000)).await;
+    alice.open().await;
+    harness("/proxy/cut").await;
+    wait_until("alice notices the cut", 5_000.0, || {
+        alice.state() == "reconnecting"
+    })
+    .await;
+    harness("/proxy/restore").await;
+    let waiting: JsValue = alice.client.state().into();
+    let delay = get(&waiting, "delayMs").as_f64().unwrap_or(0.0);
+    let online = web_sys::Event::new("online").expect("event");
+    web_sys::window()
+        .expect("a window")
+        .dispatch_event(&online)
+        .expect("dispatched");
+    let back = now();
+    wait_until("alice reconnects at once", 3_000.0, || alice.state() == "open").await;
+    let took = now() - back;
+    assert!(
+        took < 2_000.0,
+        "back after {took} ms (backoff delay was {delay} ms)"
     );
 }
