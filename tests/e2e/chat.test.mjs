@@ -169,3 +169,24 @@ test("a session outlives its short-lived tokens: the page renews them and keeps 
   await screenshot(alice, "token-renewed");
   await closeAll();
 });
+
+test("switching rooms leaves the old one: messages go to the new room only", async () => {
+  const alice = await openChat("alice", "general");
+  const bobInRandom = await openChat("bob", "random");
+  const carolInGeneral = await openChat("carol", "general");
+
+  await alice.getByTestId("room-select").selectOption("random");
+  await alice.getByTestId("join").click();
+  await waitForText(alice, "connection", /^● Connected$/);
+  assert.match(alice.url(), /chat=random/, "the URL names the room, so a reload stays in it");
+
+  const text = unique("Over here in random");
+  await alice.getByTestId("input").fill(text);
+  await alice.getByTestId("input").press("Enter");
+  assert.equal(await waitForMessage(bobInRandom, text), 1);
+  assert.equal((await shownMessages(carolInGeneral)).filter((m) => m.content === text).length, 0,
+    "#general does not get #random's message");
+  assert.equal((await shownMessages(alice)).filter((m) => m.content === text).length, 1);
+  await screenshot(alice, "room-switch");
+  await closeAll();
+});

@@ -66,7 +66,7 @@ fi
 export HABLAR_E2E_URL="$url"
 say "hablar-server on $url"
 
-mkdir -p test-output/e2e
+rm -rf test-output/e2e && mkdir -p test-output/e2e  # no stale screenshots
 status=0
 # One file at a time: the demo test rebuilds client/pkg, and two Chromiums on two cores
 # would only make the timings noisy.
