@@ -9,7 +9,7 @@ import path from "node:path";
 import { after, before, test } from "node:test";
 import {
   ROOT, assertNoPageErrors, freePort, killProcess, launchBrowser, newPage, notePid, screenshot,
-  shownMessages, sleep, startStaticServer, stopChild, waitFor, waitForMessage, waitForPort, waitForText,
+  shownMessages, sleep, startRedis, startStaticServer, stopChild, waitFor, waitForMessage, waitForText,
 } from "./helpers.mjs";
 
 const DJANGO = path.join(ROOT, "tests/django");
@@ -46,11 +46,8 @@ async function devToken(user) {
 
 before(async () => {
   assert.ok(existsSync(path.join(DJANGO, ".venv/bin/daphne")), "run tests/django/setup.sh first (tests/e2e/run.sh does)");
-  const redisPort = await freePort();
-  redisUrl = `redis://127.0.0.1:${redisPort}/0`;
-  redis = spawn("redis-server", ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
-  notePid("redis", redis.pid);
-  await waitForPort(redisPort);
+  redis = await startRedis("django-redis");
+  redisUrl = redis.url;
   daphnePort = await freePort();
   daphne = await startDaphne();
   site = await startStaticServer();
@@ -61,7 +58,7 @@ after(async () => {
   await browser?.close();
   await site?.close();
   if (daphne) await stopChild(daphne, "SIGKILL");
-  if (redis) await stopChild(redis);
+  await redis?.stop();
 });
 
 /** The demo page, served from another origin, talking to daphne as `user`. */

@@ -118,14 +118,14 @@ export async function waitForPort(port, timeoutMs = 20_000) {
 }
 
 /**
- * Starts `target/debug/hablar-server --dev` on `bind` (default a free port) and resolves
- * once it printed `hablar-server listening on http://IP:PORT`.
+ * Starts `target/debug/hablar-server --dev [args]` on `bind` (default a free port) and
+ * resolves once it printed `hablar-server listening on http://IP:PORT`.
  * Returns `{ url, port, pid, child, stop() }`.
  */
-export async function startServer(bind = "127.0.0.1:0", { attempts = 30 } = {}) {
+export async function startServer(bind = "127.0.0.1:0", { attempts = 30, args = [] } = {}) {
   for (let attempt = 1; ; attempt++) {
     try {
-      return await startServerOnce(bind);
+      return await startServerOnce(bind, args);
     } catch (err) {
       // Restarting on the same port right after a kill can race the old socket.
       if (attempt >= attempts || !/exited/.test(String(err))) throw err;
@@ -134,13 +134,13 @@ export async function startServer(bind = "127.0.0.1:0", { attempts = 30 } = {}) 
   }
 }
 
-function startServerOnce(bind) {
+function startServerOnce(bind, args) {
   const bin = process.env.HABLAR_SERVER_BIN ?? path.join(ROOT, "target/debug/hablar-server");
   // The server's log goes to a file (run.sh keeps it to show on failure), else is dropped.
   const log = process.env.HABLAR_E2E_SERVER_LOG ? openSync(process.env.HABLAR_E2E_SERVER_LOG, "a") : "ignore";
   const child = spawn(bin, [
     "--dev", "--bind", bind,
-    "--www-dir", path.join(ROOT, "www"), "--pkg-dir", PKG_DIR,
+    "--www-dir", path.join(ROOT, "www"), "--pkg-dir", PKG_DIR, ...args,
   ], { cwd: ROOT, stdio: ["ignore", "pipe", log], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" } });
   if (typeof log === "number") closeSync(log);
   return new Promise((resolve, reject) => {
@@ -240,4 +240,13 @@ export async function startStaticServer() {
  */
 export function notePid(name, pid) {
   if (process.env.HABLAR_E2E_TMP) writeFileSync(path.join(process.env.HABLAR_E2E_TMP, `${name}.pid`), String(pid));
+}
+
+/** A throwaway redis-server on a free port (no persistence). Returns `{ url, stop() }`. */
+export async function startRedis(name = "redis") {
+  const port = await freePort();
+  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore" });
+  notePid(name, child.pid);
+  await waitForPort(port);
+  return { url: `redis://127.0.0.1:${port}/0`, stop: () => stopChild(child) };
 }
