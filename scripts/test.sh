@@ -51,6 +51,7 @@ django() {
   cargo build -q -p hablar-server && tests/django/run-tests.sh
 }
 stage "Django Channels baseline and token interop" django
+stage "browser end-to-end (demo page, demo command, Django Channels)" tests/e2e/run.sh
 
 printf '\n===== summary =====\n'
 printf '%s\n' "${summary[@]}"
