@@ -278,8 +278,9 @@ impl Backend for MemoryBackend {
         };
         let same_epoch = epoch.is_none_or(|e| *e == state.epoch);
         let missing = state.last_seq.0.saturating_sub(since.0) as usize;
-        // The first message the client lacks must still be retained.
-        let retained = since.next() >= state.oldest_seq();
+        // The first message the client lacks must still be retained. `since` comes from
+        // the client's query and may be `u64::MAX`: no `+ 1` on it may overflow.
+        let retained = Seq(since.0.saturating_add(1)) >= state.oldest_seq();
         if !same_epoch || since > state.last_seq || !retained || missing > max {
             replay.recovered = false;
             return Ok(replay);

@@ -634,7 +634,8 @@ impl Backend for RedisBackend {
         let missing = snap.last_seq.saturating_sub(since);
         // The first message the client lacks must still be retained.
         let oldest = snap.oldest.unwrap_or(snap.last_seq + 1);
-        let retained = since + 1 >= oldest;
+        // `since` comes from the client's query and may be `u64::MAX`.
+        let retained = since.saturating_add(1) >= oldest;
         if !same_epoch || since > snap.last_seq || !retained || missing > max as u64 {
             replay.recovered = false;
             return Ok(replay);

@@ -3,6 +3,7 @@
 mod chat;
 mod extensions;
 mod handshake;
+mod hostile;
 mod http;
 mod lifecycle;
 mod limits;
