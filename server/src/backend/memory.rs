@@ -47,10 +47,13 @@ struct Chat {
     last_seq: Seq,
     /// The newest `retention` messages, oldest first.
     messages: VecDeque<Message>,
-    /// Stored messages by idempotency key, with their storage time.
-    client_ids: HashMap<(UserId, ClientId), (Message, OffsetDateTime)>,
-    /// Idempotency keys oldest first, to expire them without scanning.
-    client_id_order: VecDeque<(OffsetDateTime, UserId, ClientId)>,
+    /// The seq stored under each idempotency key. Only keys of retained messages are
+    /// kept: the echo of a duplicate is the stored message, and a key that outlived its
+    /// message would let a flood of distinct `client_id`s grow memory for 24 h past the
+    /// retention.
+    client_ids: HashMap<(UserId, ClientId), Seq>,
+    /// Idempotency keys oldest first (by time and seq), to expire them without scanning.
+    client_id_order: VecDeque<(OffsetDateTime, Seq, UserId, ClientId)>,
     /// Online users and their connection counts. Ordered, so `presence` is stable.
     presence: BTreeMap<UserId, (PresenceUser, usize)>,
 }
@@ -111,15 +114,24 @@ impl Chat {
         }
     }
 
+    /// Forgets idempotency keys older than `ttl` or whose message left the retention.
     fn expire_client_ids(&mut self, now: OffsetDateTime, ttl: Duration) {
-        while let Some((at, _, _)) = self.client_id_order.front() {
-            if now - *at < ttl {
+        let oldest = self.oldest_seq();
+        while let Some((at, seq, _, _)) = self.client_id_order.front() {
+            if now - *at < ttl && *seq >= oldest {
                 break;
             }
-            if let Some((_, user, key)) = self.client_id_order.pop_front() {
+            if let Some((_, _, user, key)) = self.client_id_order.pop_front() {
                 self.client_ids.remove(&(user, key));
             }
         }
+    }
+
+    /// The retained message with `seq`.
+    fn retained(&self, seq: Seq) -> Option<&Message> {
+        let index = seq.0.checked_sub(self.oldest_seq().0)?;
+        let message = self.messages.get(usize::try_from(index).ok()?)?;
+        (message.seq == Some(seq)).then_some(message)
     }
 
     fn oldest_seq(&self) -> Seq {
@@ -197,7 +209,7 @@ impl Backend for MemoryBackend {
         state.expire_client_ids(now, self.idempotency_ttl);
         if let Some(client_id) = &message.client_id {
             let key = (message.sender.user_id.clone(), client_id.clone());
-            if let Some((stored, _)) = state.client_ids.get(&key) {
+            if let Some(stored) = state.client_ids.get(&key).and_then(|seq| state.retained(*seq)) {
                 return Ok(Appended {
                     message: stored.clone(),
                     duplicate: true,
@@ -225,10 +237,10 @@ impl Backend for MemoryBackend {
         }
         if let Some(client_id) = message.client_id {
             let user = message.sender.user_id;
-            state
-                .client_ids
-                .insert((user.clone(), client_id.clone()), (stored.clone(), now));
-            state.client_id_order.push_back((now, user, client_id));
+            state.client_ids.insert((user.clone(), client_id.clone()), seq);
+            state.client_id_order.push_back((now, seq, user, client_id));
+            // Drop the keys of messages that the retention just pushed out.
+            state.expire_client_ids(now, self.idempotency_ttl);
         }
         let event = ChatEvent::Broadcast {
             event: ServerEvent::NewMessage {
@@ -423,6 +435,35 @@ mod tests {
             .expect("append");
         assert!(!later.duplicate, "the key expired after 24 h");
         assert_eq!(later.message.seq, Some(Seq(2)));
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_do_not_outlive_the_retained_messages() {
+        let (b, _, _) = backend(3);
+        let (chat, alice) = ids();
+        b.create_chat(&chat).await.expect("create");
+        for i in 0..1000 {
+            let id = format!("c{i}");
+            b.append(&chat, msg(&alice, "flood", Some(&id)))
+                .await
+                .expect("append");
+        }
+        {
+            let state = b.chat(&chat).expect("chat");
+            let state = state.lock();
+            assert_eq!(state.messages.len(), 3);
+            assert!(
+                state.client_ids.len() <= 3 && state.client_id_order.len() <= 3,
+                "a flood of distinct client_ids is bounded by the retention, not kept 24 h: {}",
+                state.client_ids.len()
+            );
+        }
+        let again = b
+            .append(&chat, msg(&alice, "flood", Some("c999")))
+            .await
+            .expect("append");
+        assert!(again.duplicate, "a retained message is still deduplicated");
+        assert_eq!(again.message.seq, Some(Seq(1000)));
     }
 
     #[tokio::test]
