@@ -185,10 +185,18 @@ impl Config {
                  without --dev-allow-public"
             )));
         }
-        if self.jwt_secret().is_none() {
-            return Err(Error::Config(
-                "no JWT secret: pass --jwt-secret (HABLAR_JWT_SECRET) or --dev".into(),
-            ));
+        match self.jwt_secret() {
+            None => {
+                return Err(Error::Config(
+                    "no JWT secret: pass --jwt-secret (HABLAR_JWT_SECRET) or --dev".into(),
+                ))
+            }
+            // An empty HMAC key (an unset variable in a deploy script) would let anyone
+            // mint tokens for any user.
+            Some(secret) if secret.expose().trim().is_empty() => {
+                return Err(Error::Config("the JWT secret is empty".into()));
+            }
+            Some(_) => {}
         }
         let l = &self.limits;
         if l.max_frame_bytes < 1024
@@ -250,6 +258,15 @@ mod tests {
         assert!(config.validate(loopback).is_ok());
         config.dev_allow_public = true;
         assert!(config.validate(public).is_ok());
+    }
+
+    #[test]
+    fn an_empty_jwt_secret_is_refused() {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        for secret in ["", "  "] {
+            let config = Config::try_parse_from(["hablar-server", "--jwt-secret", secret]).expect("parses");
+            assert!(config.validate(loopback).is_err(), "{secret:?}");
+        }
     }
 
     #[test]

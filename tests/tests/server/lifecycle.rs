@@ -8,6 +8,7 @@ use serde_json::json;
 backend_tests!(
     graceful_shutdown_closes_every_socket_with_1012,
     dev_mode_refuses_a_public_address,
+    an_empty_jwt_secret_is_refused_at_start,
     logs_never_contain_a_token,
 );
 
@@ -53,6 +54,19 @@ async fn dev_mode_refuses_a_public_address(_backend: Backend) {
     assert!(
         matches!(result, Err(hablar_server::Error::Config(_))),
         "{result:?}"
+    );
+}
+
+async fn an_empty_jwt_secret_is_refused_at_start(_backend: Backend) {
+    // With an empty HMAC key anyone could sign a token for any user.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let mut config = hablar_server::Config::defaults();
+    config.jwt_secret = Some(hablar_server::Secret::new(""));
+    let serve = hablar_server::serve(listener, config, std::future::pending());
+    let result = tokio::time::timeout(std::time::Duration::from_secs(5), serve).await;
+    assert!(
+        matches!(result, Ok(Err(hablar_server::Error::Config(_)))),
+        "the server must refuse to start: {result:?}"
     );
 }
 
