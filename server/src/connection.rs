@@ -698,21 +698,25 @@ async fn cleanup(app: &AppState, admitted: &Admitted, conn_id: u64, typing: bool
         Ok(last) => last,
         Err(err) => {
             tracing::error!(%chat, error = %err, "presence leave failed");
-            return;
+            // The typing lease below still ends, even if presence could not be told.
+            false
         }
     };
-    if !last {
-        return;
-    }
     let me = &admitted.me;
     let mut events = Vec::with_capacity(2);
-    // The typing lease: nobody is left to send this user's typing_stop.
+    // The typing lease: the connection that held it is gone and nobody is left to send
+    // its typing_stop. Sent whether or not the user has other tabs open: a tab that
+    // closes mid-word would otherwise leave "alice is typing" up while her other,
+    // idle tab stays (a base-layer frontend has no lease expiry and no presence_leave
+    // to fall back on). A second tab that really is typing refreshes within 3 s.
     if typing {
         events.push(ServerEvent::TypingStop {
             user_id: me.user_id.clone(),
         });
     }
-    events.push(ServerEvent::PresenceLeave(me.clone()));
+    if last {
+        events.push(ServerEvent::PresenceLeave(me.clone()));
+    }
     for event in events {
         if let Err(err) = backend
             .publish(

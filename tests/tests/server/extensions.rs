@@ -19,6 +19,7 @@ backend_tests!(
     mark_read_is_broadcast_as_read,
     malformed_frames_get_errors_and_the_connection_keeps_working,
     typing_stop_is_sent_when_the_last_connection_closes_while_typing,
+    typing_stop_is_sent_when_the_typing_tab_closes_while_another_tab_stays,
 );
 
 fn send_message(content: &str) -> serde_json::Value {
@@ -315,5 +316,26 @@ async fn typing_stop_is_sent_when_the_last_connection_closes_while_typing(backen
         bob.recv_json().await,
         json!({"type": "typing_stop", "user_id": "alice"})
     );
+    assert!(matches!(bob.recv_event().await, ServerEvent::PresenceLeave(_)));
+}
+
+async fn typing_stop_is_sent_when_the_typing_tab_closes_while_another_tab_stays(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    let mut bob = server.join("room", "bob").await;
+    let mut typing_tab = server.join("room", "alice").await;
+    let idle_tab = server.join("room", "alice").await;
+    bob.recv_until(|e| matches!(e, ServerEvent::PresenceJoin(_)))
+        .await;
+    typing_tab.send_json(&json!({"type": "typing_start"})).await;
+    assert!(matches!(bob.recv_event().await, ServerEvent::TypingStart { .. }));
+    drop(typing_tab); // the tab dies mid-word without a close frame
+    assert_eq!(
+        bob.recv_json().await,
+        json!({"type": "typing_stop", "user_id": "alice"}),
+        "alice's idle tab must not keep her typing"
+    );
+    bob.expect_silence(Duration::from_millis(300)).await; // still online: no presence_leave
+    idle_tab.close().await;
     assert!(matches!(bob.recv_event().await, ServerEvent::PresenceLeave(_)));
 }
