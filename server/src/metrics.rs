@@ -17,6 +17,8 @@ pub struct Metrics {
     pub connections: AtomicI64,
     /// WebSocket connections accepted since start.
     pub connections_total: AtomicU64,
+    /// Chats with connections on this instance (rooms in the hub).
+    pub rooms: AtomicI64,
     /// Frames received from clients.
     pub messages_in: AtomicU64,
     /// Frames queued to clients.
@@ -67,6 +69,12 @@ impl Metrics {
             "counter",
             "WebSocket connections accepted.",
             self.connections_total.load(Relaxed).to_string(),
+        );
+        metric(
+            "hablar_rooms",
+            "gauge",
+            "Chats with WebSocket connections on this instance.",
+            self.rooms.load(Relaxed).to_string(),
         );
         metric(
             "hablar_messages_in_total",

@@ -75,8 +75,10 @@ struct Room {
 /// The hub.
 #[derive(Debug)]
 pub struct Rooms {
-    /// Rooms by chat. A room stays after its last connection leaves (its `subscribed`
-    /// lock must outlive racing joins and leaves); there is one per chat ever joined.
+    /// Rooms by chat, for the chats with local connections. The leave that unsubscribes
+    /// a chat removes its room, still holding the room's `subscribed` lock, and only if
+    /// no join has come in since; a later join makes a new room that subscribes again.
+    /// (Keeping rooms for ever would grow the map with every chat ever joined.)
     rooms: RwLock<HashMap<ChatId, Room>>,
     /// Source of connection ids.
     next_id: AtomicU64,
@@ -100,7 +102,10 @@ impl Rooms {
         let id = self.next_id.fetch_add(1, Relaxed);
         let subscribed = {
             let mut rooms = self.rooms.write();
-            let room = rooms.entry(chat.clone()).or_default();
+            let room = rooms.entry(chat.clone()).or_insert_with(|| {
+                self.metrics.rooms.fetch_add(1, Relaxed);
+                Room::default()
+            });
             room.conns.insert(id, handle);
             room.subscribed.clone()
         };
@@ -129,14 +134,29 @@ impl Rooms {
             }
             room.subscribed.clone()
         };
-        let mut subscribed = subscribed.lock().await;
+        let mut guard = subscribed.lock().await;
         // A connection may have joined while we waited for the lock.
-        if *subscribed && self.local_connections(chat) == 0 {
+        if self.local_connections(chat) != 0 {
+            return;
+        }
+        if *guard {
             if let Err(err) = backend.unsubscribe(chat).await {
                 tracing::warn!(%chat, error = %err, "unsubscribe failed");
             }
-            *subscribed = false;
+            *guard = false;
         }
+        let mut rooms = self.rooms.write();
+        // Still the same, still empty room: no join came in while we unsubscribed, and
+        // none can now (we hold the map); a join after this makes and subscribes a new one.
+        let ours = rooms
+            .get(chat)
+            .is_some_and(|room| room.conns.is_empty() && Arc::ptr_eq(&room.subscribed, &subscribed));
+        if ours {
+            rooms.remove(chat);
+            self.metrics.rooms.fetch_sub(1, Relaxed);
+        }
+        drop(rooms);
+        drop(guard);
     }
 
     /// Connections of this instance in `chat`.

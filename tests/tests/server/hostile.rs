@@ -11,6 +11,7 @@ backend_tests!(
     a_resume_from_an_absurd_since_is_not_recovered_and_presence_stays_right,
     history_survives_extreme_before_and_limit_values,
     the_dev_token_endpoint_does_not_exist_outside_dev_mode,
+    the_hub_forgets_chats_once_their_last_connection_leaves,
 );
 
 async fn a_resume_from_an_absurd_since_is_not_recovered_and_presence_stays_right(backend: Backend) {
@@ -110,4 +111,42 @@ async fn the_dev_token_endpoint_does_not_exist_outside_dev_mode(backend: Backend
     assert_eq!(res.status(), 404, "no tokens for anyone outside dev mode");
     let body = res.text().await.unwrap_or_default();
     assert!(!body.contains("token"), "{body}");
+}
+
+async fn the_hub_forgets_chats_once_their_last_connection_leaves(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.limits.connect_burst = 100).await;
+    // Churn through many distinct chats: each must not leave a room behind.
+    for i in 0..30 {
+        let chat = format!("churn-{i}");
+        server.create_chat(&chat, &["alice", "bob"]).await;
+        let alice = server.join(&chat, "alice").await;
+        let bob = server.join(&chat, "bob").await;
+        alice.close().await;
+        drop(bob); // gone without a close frame
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let rooms = server.metric("hablar_rooms").await;
+        if rooms == 0.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{rooms} rooms kept after every connection left"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A chat joined again after its room went works as before, live events included.
+    let mut alice = server.join("churn-0", "alice").await;
+    let mut bob = server.join("churn-0", "bob").await;
+    assert_eq!(server.metric("hablar_rooms").await, 1.0);
+    bob.send_json(&json!({"type": "new_message", "message": {"content": "back"}}))
+        .await;
+    let ServerEvent::NewMessage { message } = alice
+        .recv_until(|e| matches!(e, ServerEvent::NewMessage { .. }))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(message.content, "back");
 }
