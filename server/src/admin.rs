@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -101,9 +102,13 @@ async fn put_user(
     State(app): State<Arc<AppState>>,
     Path(user): Path<String>,
     headers: HeaderMap,
-    Json(profile): Json<Profile>,
+    body: Bytes,
 ) -> Result<StatusCode> {
+    // The body is read as bytes and parsed only after the key check: a `Json` extractor
+    // would answer a caller without the key with 415/422 (and parse its body) first.
     check_key(&app, &headers)?;
+    let profile: Profile = serde_json::from_slice(&body)
+        .map_err(|_| Error::BadRequest("expected {\"display_name\": \"…\"}".into()))?;
     let user = user_id(user)?;
     let name = profile.display_name.trim();
     if name.is_empty() || name.chars().count() > 128 {

@@ -73,6 +73,47 @@ async fn the_admin_api_needs_the_admin_key(backend: Backend) {
         .await
         .expect("request");
     assert_eq!(again.status(), 200, "putting a chat twice is idempotent");
+
+    // Every admin route checks the key before anything else, body included.
+    let base = server.http_url();
+    let member = format!("{base}/api/admin/chats/room/members/mallory");
+    let user = format!("{base}/api/admin/users/mallory");
+    let requests = [
+        server.http.put(&member),
+        server.http.delete(&member),
+        server.http.put(&user),
+        server.http.put(&user).body("{not json"),
+        server
+            .http
+            .put(&user)
+            .json(&serde_json::json!({"display_name": "Owned"})),
+    ];
+    for request in requests {
+        for key in [None, Some("guess"), Some("")] {
+            let request = request.try_clone().expect("clonable request");
+            let request = match key {
+                Some(key) => request.bearer_auth(key),
+                None => request,
+            };
+            let res = request.send().await.expect("request");
+            assert_eq!(res.status(), 401, "{} {key:?}", res.url());
+        }
+    }
+    let mut mallory = server.connect("room", &tokens::token("mallory")).await;
+    assert_eq!(mallory.expect_close().await, 4403, "mallory was not added");
+    let bad_body = server
+        .http
+        .put(&user)
+        .bearer_auth(ADMIN_KEY)
+        .body("{not json")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        bad_body.status(),
+        400,
+        "with the key, a bad body is a bad request"
+    );
 }
 
 async fn the_admin_api_reports_missing_chats_and_members(backend: Backend) {
