@@ -74,7 +74,9 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
     let admitted = match admit(&app, &chat, query.token.as_deref()).await {
         Ok(admitted) => Arc::new(admitted),
         Err(code) => {
-            tracing::info!(chat = %chat, code = code.as_u16(), reason = code.reason(), "handshake refused");
+            // `chat` is the raw, percent-decoded path: Debug escapes any newline in it, so
+            // that it cannot forge log lines.
+            tracing::info!(chat = ?chat, code = code.as_u16(), reason = code.reason(), "handshake refused");
             return finish(&app, &mut sink, &mut stream, End::Close(code), None).await;
         }
     };

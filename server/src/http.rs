@@ -69,7 +69,8 @@ async fn ws_handshake(
         .get(header::ORIGIN)
         .map(|v| v.to_str().unwrap_or("\u{fffd}"));
     if !app.origins.allows(origin) {
-        tracing::warn!(chat = %chat, origin = ?origin, "handshake from a foreign origin refused");
+        // Debug: both are the client's raw text, escaped so they cannot forge log lines.
+        tracing::warn!(chat = ?chat, origin = ?origin, "handshake from a foreign origin refused");
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     let query = query.map(|Query(q)| q).unwrap_or_default();

@@ -93,6 +93,11 @@ async fn logs_never_contain_a_token(backend: Backend) {
         .await
         .expect("handshake");
     nowhere.expect_close().await;
+    // A path that decodes to a newline must not forge a log line.
+    let mut forged = Client::connect(&server.ws_url("x%0AFORGED-LOG-LINE", &tokens::token("alice"), ""))
+        .await
+        .expect("handshake");
+    assert_eq!(forged.expect_close().await, 4404);
     let _ = server.history("room", &tokens::token("alice"), "").await;
     let _ = server
         .history("room", &tokens::token_expiring_in("alice", 0), "")
@@ -117,6 +122,10 @@ async fn logs_never_contain_a_token(backend: Backend) {
     assert!(
         !captured.contains(hablar_tests::server::ADMIN_KEY),
         "the admin key was logged"
+    );
+    assert!(
+        captured.contains("FORGED-LOG-LINE") && !captured.contains("\nFORGED-LOG-LINE"),
+        "a client's path is logged escaped, never as a line of its own"
     );
     assert!(
         !captured.contains("token="),
