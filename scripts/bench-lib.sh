@@ -78,7 +78,7 @@ start_redis() {
 # start_daphne NAME REDIS_URL: the Django Channels baseline (its DB seeded beforehand).
 start_daphne() {
   PORT=$(free_port)
-  tests/django/run-daphne.sh "$PORT" "$2" >"$BENCH_LOGS/$1.log" 2>&1 &
+  HABLAR_JWT_SECRET=$BENCH_SECRET tests/django/run-daphne.sh "$PORT" "$2" >"$BENCH_LOGS/$1.log" 2>&1 &
   PID=$!
   BENCH_PIDS+=("$PID")
   local i

@@ -277,6 +277,17 @@ pub struct StepResult {
     pub server_rss_kb: u64,
 }
 
+impl StepResult {
+    /// Within the bound: p99 at most `bound_ms`, no error, and at least 97 % of the
+    /// offered deliveries seen.
+    pub fn within(&self, bound_ms: f64) -> bool {
+        self.latency.count > 0
+            && self.latency.p99_ms <= bound_ms
+            && self.errors == 0
+            && self.delivered_per_sec >= 0.97 * self.expected_per_sec
+    }
+}
+
 /// Knobs of a rate sweep.
 #[derive(Debug, Clone)]
 pub struct Sweep {
@@ -290,94 +301,35 @@ pub struct Sweep {
     pub content_bytes: usize,
     /// Stop after the first step whose p99 exceeds this (ms), or which loses messages.
     pub stop_p99_ms: f64,
+    /// The latency bound the figures are quoted at (ms): refinement brackets it.
+    pub bound_p99_ms: f64,
+    /// Bisection steps between the last rate within the bound and the first beyond it.
+    pub refine: usize,
 }
 
 /// Publishes at each rate of the sweep (round-robin over the chats, each chat's first
-/// member publishing) and measures every step; stops at the first overloaded step.
+/// live member publishing) and measures every step. Stops at the first overloaded step,
+/// then bisects (in log space) between the highest rate within the latency bound and the
+/// first rate beyond it, `refine` times, so the figure is not quantised to the ×2 steps.
 pub async fn sweep(
     run: &Arc<Run>,
     target: &Target,
     members: &mut [Member],
     sweep: &Sweep,
 ) -> Vec<StepResult> {
-    let mut steps = Vec::new();
-    for (step, &rate) in sweep.rates.iter().enumerate() {
-        // Members per chat still connected, and each chat's publisher (its first live
-        // member): a member the server dropped is an error, not an expected delivery.
-        let chats = members.iter().map(|m| m.chat + 1).max().unwrap_or(0);
-        let mut per_chat = vec![0u64; chats];
-        let mut publisher: Vec<Option<usize>> = vec![None; chats];
-        for (index, member) in members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.alive.load(Ordering::Relaxed))
-        {
-            per_chat[member.chat] += 1;
-            publisher[member.chat].get_or_insert(index);
-        }
-        let publishers: Vec<(usize, u64)> = (0..chats)
-            .filter_map(|c| publisher[c].map(|p| (p, per_chat[c])))
-            .collect();
-        if publishers.is_empty() {
+    let mut steps: Vec<StepResult> = Vec::new();
+    let mut first_bad: Option<f64> = None;
+    for &rate in &sweep.rates {
+        let id = steps.len() as u32;
+        let Some((result, expected)) = measure_step(run, target, members, sweep, id, rate).await else {
             break;
-        }
-        let fanout = publishers.iter().map(|p| p.1).sum::<u64>() as f64 / publishers.len() as f64;
-        let step = step as u32;
-        let pacer = Pacer::new(rate);
-        let count = pacer.count_in(sweep.window).max(1);
-        let errors_before = run.counters.total();
-        let (sys_before, gen_before) = (procfs::usage_sum(&target.pids), procfs::own());
-        run.recorder.open(step);
-        let start = tokio::time::Instant::now();
-        let mut expected = 0u64;
-        for n in 0..count {
-            let due = start + pacer.due(n);
-            tokio::time::sleep_until(due).await;
-            let (index, fan) = publishers[(n as usize) % publishers.len()];
-            let sent_us = (due.into_std() - run.epoch).as_micros() as u64;
-            let frame = payload::new_message(step, sent_us, n, sweep.content_bytes);
-            if members[index].sink.send(Message::text(frame)).await.is_err() {
-                run.counters.send_errors.fetch_add(1, Ordering::Relaxed);
-            } else {
-                expected += fan;
-            }
-        }
-        let published = start.elapsed();
-        // Drain: until everything arrived, or no progress for 500 ms, or the drain limit.
-        let drain_start = Instant::now();
-        let (mut last, mut last_change) = (run.recorder.delivered(), Instant::now());
-        while last < expected && drain_start.elapsed() < sweep.drain {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let now = run.recorder.delivered();
-            if now != last {
-                (last, last_change) = (now, Instant::now());
-            } else if last_change.elapsed() > Duration::from_millis(500) {
-                break;
-            }
-        }
-        let window = run.recorder.take();
-        let wall = start.elapsed().as_secs_f64();
-        let (sys_after, gen_after) = (procfs::usage_sum(&target.pids), procfs::own());
-        let secs = sweep.window.as_secs_f64().max(published.as_secs_f64());
-        let result = StepResult {
-            offered_per_sec: rate,
-            expected_per_sec: rate * fanout,
-            delivered_per_sec: window.delivered as f64 / secs,
-            missing: expected.saturating_sub(window.delivered),
-            latency: Latency::of(&window.hist),
-            errors: run.counters.total() - errors_before,
-            server_cpu: (sys_after.cpu_secs - sys_before.cpu_secs) / wall,
-            generator_cpu: (gen_after.cpu_secs - gen_before.cpu_secs) / wall,
-            server_rss_kb: sys_after.rss_kb,
         };
-        eprintln!(
-            "  step {step}: offered {rate:.0}/s → delivered {:.0}/s (expected {:.0}/s), p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, missing {}, errors {}, cpu server {:.2} gen {:.2}",
-            result.delivered_per_sec, result.expected_per_sec, result.latency.p50_ms, result.latency.p99_ms,
-            result.latency.max_ms, result.missing, result.errors, result.server_cpu, result.generator_cpu
-        );
         let overloaded = result.latency.p99_ms > sweep.stop_p99_ms
             || result.missing as f64 > 0.01 * expected as f64
             || result.errors > 0;
+        if first_bad.is_none() && !result.within(sweep.bound_p99_ms) {
+            first_bad = Some(rate);
+        }
         steps.push(result);
         if overloaded {
             break;
@@ -385,7 +337,119 @@ pub async fn sweep(
         // Let queues from this step settle before the next one starts.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    let Some(mut bad) = first_bad else {
+        return steps;
+    };
+    let good = steps
+        .iter()
+        .filter(|s| s.offered_per_sec < bad && s.within(sweep.bound_p99_ms))
+        .map(|s| s.offered_per_sec)
+        .max_by(f64::total_cmp);
+    let Some(mut good) = good else {
+        return steps;
+    };
+    for _ in 0..sweep.refine {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rate = (good * bad).sqrt();
+        let id = steps.len() as u32;
+        let Some((result, _)) = measure_step(run, target, members, sweep, id, rate).await else {
+            break;
+        };
+        if result.within(sweep.bound_p99_ms) {
+            good = rate;
+        } else {
+            bad = rate;
+        }
+        steps.push(result);
+    }
+    steps.sort_by(|a, b| a.offered_per_sec.total_cmp(&b.offered_per_sec));
     steps
+}
+
+/// One measurement window at `rate`: publish, drain, read the figures. Returns the
+/// result and the deliveries expected, or `None` when no member is left to publish.
+async fn measure_step(
+    run: &Arc<Run>,
+    target: &Target,
+    members: &mut [Member],
+    sweep: &Sweep,
+    step: u32,
+    rate: f64,
+) -> Option<(StepResult, u64)> {
+    // Members per chat still connected, and each chat's publisher (its first live
+    // member): a member the server dropped is an error, not an expected delivery.
+    let chats = members.iter().map(|m| m.chat + 1).max().unwrap_or(0);
+    let mut per_chat = vec![0u64; chats];
+    let mut publisher: Vec<Option<usize>> = vec![None; chats];
+    for (index, member) in members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.alive.load(Ordering::Relaxed))
+    {
+        per_chat[member.chat] += 1;
+        publisher[member.chat].get_or_insert(index);
+    }
+    let publishers: Vec<(usize, u64)> = (0..chats)
+        .filter_map(|c| publisher[c].map(|p| (p, per_chat[c])))
+        .collect();
+    if publishers.is_empty() {
+        return None;
+    }
+    let fanout = publishers.iter().map(|p| p.1).sum::<u64>() as f64 / publishers.len() as f64;
+    let pacer = Pacer::new(rate);
+    let count = pacer.count_in(sweep.window).max(1);
+    let errors_before = run.counters.total();
+    let (sys_before, gen_before) = (procfs::usage_sum(&target.pids), procfs::own());
+    run.recorder.open(step);
+    let start = tokio::time::Instant::now();
+    let mut expected = 0u64;
+    for n in 0..count {
+        let due = start + pacer.due(n);
+        tokio::time::sleep_until(due).await;
+        let (index, fan) = publishers[(n as usize) % publishers.len()];
+        let sent_us = (due.into_std() - run.epoch).as_micros() as u64;
+        let frame = payload::new_message(step, sent_us, n, sweep.content_bytes);
+        if members[index].sink.send(Message::text(frame)).await.is_err() {
+            run.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+        } else {
+            expected += fan;
+        }
+    }
+    let published = start.elapsed();
+    // Drain: until everything arrived, or no progress for 1.5 s (a slow system may
+    // start a fan-out a second after the publish), or the drain limit.
+    let drain_start = Instant::now();
+    let (mut last, mut last_change) = (run.recorder.delivered(), Instant::now());
+    while last < expected && drain_start.elapsed() < sweep.drain {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = run.recorder.delivered();
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        } else if last_change.elapsed() > Duration::from_millis(1500) {
+            break;
+        }
+    }
+    let window = run.recorder.take();
+    let wall = start.elapsed().as_secs_f64();
+    let (sys_after, gen_after) = (procfs::usage_sum(&target.pids), procfs::own());
+    let secs = sweep.window.as_secs_f64().max(published.as_secs_f64());
+    let result = StepResult {
+        offered_per_sec: rate,
+        expected_per_sec: rate * fanout,
+        delivered_per_sec: window.delivered as f64 / secs,
+        missing: expected.saturating_sub(window.delivered),
+        latency: Latency::of(&window.hist),
+        errors: run.counters.total() - errors_before,
+        server_cpu: (sys_after.cpu_secs - sys_before.cpu_secs) / wall,
+        generator_cpu: (gen_after.cpu_secs - gen_before.cpu_secs) / wall,
+        server_rss_kb: sys_after.rss_kb,
+    };
+    eprintln!(
+        "  step {step}: offered {rate:.0}/s → delivered {:.0}/s (expected {:.0}/s), p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, missing {}, errors {}, cpu server {:.2} gen {:.2}",
+        result.delivered_per_sec, result.expected_per_sec, result.latency.p50_ms, result.latency.p99_ms,
+        result.latency.max_ms, result.missing, result.errors, result.server_cpu, result.generator_cpu
+    );
+    Some((result, expected))
 }
 
 /// Memory of idle connections.

@@ -107,8 +107,14 @@ struct FanoutArgs {
     #[arg(long, default_value_t = 100)]
     content_bytes: usize,
     /// Stop the sweep after the first step with p99 above this (ms).
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, default_value_t = 250.0)]
     stop_p99_ms: f64,
+    /// The p99 bound the figures are quoted at (ms).
+    #[arg(long, default_value_t = 50.0)]
+    bound_p99_ms: f64,
+    /// Bisection steps around the bound after the sweep.
+    #[arg(long, default_value_t = 2)]
+    refine: usize,
     /// Exit non-zero unless every connection connected, every step delivered, and no
     /// error was counted (the smoke test).
     #[arg(long)]
@@ -261,6 +267,8 @@ async fn fanout(args: FanoutArgs) -> hablar_bench::Result<bool> {
         drain: Duration::from_secs_f64(args.drain_secs),
         content_bytes: args.content_bytes,
         stop_p99_ms: args.stop_p99_ms,
+        bound_p99_ms: args.bound_p99_ms,
+        refine: args.refine,
     };
     result.steps = load::sweep(&run, &target, &mut members, &sweep).await;
     run.counters.closing.store(true, Ordering::Relaxed);

@@ -50,10 +50,7 @@ fn order(target: &str) -> usize {
 /// A step is within bounds when its p99 is at most 50 ms, it counted no error, and
 /// (nearly) everything offered was delivered.
 pub fn within_bounds(step: &StepResult) -> bool {
-    step.latency.count > 0
-        && step.latency.p99_ms <= P99_BOUND_MS
-        && step.errors == 0
-        && step.delivered_per_sec >= 0.97 * step.expected_per_sec
+    step.within(P99_BOUND_MS)
 }
 
 /// The step with the highest delivered rate within bounds.
@@ -96,6 +93,30 @@ fn best_rate(runs: &[RunResult], target: &str, scenario: &str) -> Option<f64> {
     find(runs, target, scenario).map(|r| best(&r.steps).map(|s| s.delivered_per_sec).unwrap_or(0.0))
 }
 
+/// The highest delivered rate of any step, whatever its latency.
+pub fn peak(steps: &[StepResult]) -> Option<f64> {
+    steps.iter().map(|s| s.delivered_per_sec).max_by(f64::total_cmp)
+}
+
+/// The rate a system is compared at: its best within bounds, or, when it has no step
+/// within bounds (the baseline may never reach p99 ≤ 50 ms), its peak at any latency,
+/// which flatters it. The flag says which.
+fn comparable_rate(runs: &[RunResult], target: &str, scenario: &str) -> Option<(f64, bool)> {
+    let run = find(runs, target, scenario)?;
+    match best(&run.steps) {
+        Some(s) => Some((s.delivered_per_sec, true)),
+        None => peak(&run.steps).map(|p| (p, false)),
+    }
+}
+
+fn vs(ours: Option<f64>, other: Option<(f64, bool)>) -> String {
+    match other {
+        Some((rate, true)) => ratio(ours, Some(rate)),
+        Some((rate, false)) => format!("{} (vs its peak at any p99)", ratio(ours, Some(rate))),
+        None => "n/a".into(),
+    }
+}
+
 fn fmt_rate(r: f64) -> String {
     if r >= 10_000.0 {
         format!("{:.0}k", r / 1000.0)
@@ -110,41 +131,32 @@ pub fn tables(runs: &[RunResult]) -> String {
     let fanout: Vec<&RunResult> = runs.iter().filter(|r| !r.steps.is_empty()).collect();
 
     md.push_str("### Fan-out: highest delivered rate with p99 ≤ 50 ms\n\n");
-    md.push_str("| system | scenario | delivered msgs/s | p50 ms | p99 ms | max ms | system CPU (cores) | generator CPU (cores) | vs Django | vs ceiling |\n");
-    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| system | scenario | delivered msgs/s | p50 ms | p99 ms | max ms | system CPU (cores) | generator CPU (cores) | peak delivered, any p99 | vs Django | vs ceiling |\n");
+    md.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in &fanout {
         let ours = best_rate(runs, &r.target, &r.scenario);
         let scenario_base = r.scenario.trim_start_matches("e-");
-        let vs_django = ratio(ours, best_rate(runs, "django-channels", scenario_base));
-        let vs_ceiling = ratio(ours, best_rate(runs, "ceiling", scenario_base));
-        match best(&r.steps) {
-            Some(s) => {
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | **{}** | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} |",
-                    label(&r.target),
-                    r.scenario,
-                    fmt_rate(s.delivered_per_sec),
-                    s.latency.p50_ms,
-                    s.latency.p99_ms,
-                    s.latency.max_ms,
-                    s.server_cpu,
-                    s.generator_cpu,
-                    vs_django,
-                    vs_ceiling
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | none within bounds | | | | | | {} | {} |",
-                    label(&r.target),
-                    r.scenario,
-                    vs_django,
-                    vs_ceiling
-                );
-            }
-        }
+        let vs_django = vs(ours, comparable_rate(runs, "django-channels", scenario_base));
+        let vs_ceiling = vs(ours, comparable_rate(runs, "ceiling", scenario_base));
+        let peak = peak(&r.steps).map(fmt_rate).unwrap_or_default();
+        let figures = match best(&r.steps) {
+            Some(s) => format!(
+                "**{}** | {:.2} | {:.2} | {:.1} | {:.2} | {:.2}",
+                fmt_rate(s.delivered_per_sec),
+                s.latency.p50_ms,
+                s.latency.p99_ms,
+                s.latency.max_ms,
+                s.server_cpu,
+                s.generator_cpu
+            ),
+            None => "none within bounds | | | | |".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {figures} | {peak} | {vs_django} | {vs_ceiling} |",
+            label(&r.target),
+            r.scenario
+        );
     }
 
     md.push_str("\n### Every sweep step\n\n");
@@ -235,19 +247,29 @@ pub fn verdicts(runs: &[RunResult]) -> String {
     };
     for scenario in ["a", "b"] {
         let ours = best_rate(runs, "hablar-memory", scenario);
-        let django = best_rate(runs, "django-channels", scenario);
+        let django = comparable_rate(runs, "django-channels", scenario);
         let ceiling = best_rate(runs, "ceiling", scenario);
         let vs_django = match (ours, django) {
-            (Some(o), Some(d)) => Some(if d > 0.0 { o / d >= 30.0 } else { o > 0.0 }),
+            (Some(o), Some((d, _))) => Some(if d > 0.0 { o / d >= 30.0 } else { o > 0.0 }),
             _ => None,
+        };
+        let django_text = match django {
+            Some((d, true)) => format!("{} msgs/s", fmt_rate(d)),
+            Some((d, false)) => {
+                format!(
+                    "{} msgs/s (its peak at any p99: none of its steps met p99 ≤ 50 ms)",
+                    fmt_rate(d)
+                )
+            }
+            None => "n/a".into(),
         };
         line(
             vs_django,
             format!(
-                "scenario ({scenario}): ours ≥ 30× Django Channels at p99 ≤ 50 ms: {} vs {} msgs/s = {}",
+                "scenario ({scenario}): ours ≥ 30× Django Channels at p99 ≤ 50 ms: {} vs {} = {}",
                 opt(ours),
-                opt(django),
-                ratio(ours, django)
+                django_text,
+                vs(ours, django)
             ),
         );
         line(
@@ -483,6 +505,34 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 1);
         assert_eq!(svg.matches("<circle").count(), 2);
         assert!(svg.contains("p99 = 50 ms"));
+    }
+
+    #[test]
+    fn a_baseline_that_never_meets_the_bound_is_compared_at_its_peak_and_said_so() {
+        let mk = |target: &str, steps: Vec<StepResult>| RunResult {
+            target: target.into(),
+            scenario: "a".into(),
+            steps,
+            ..Default::default()
+        };
+        let runs = vec![
+            mk("hablar-memory", vec![step(300_000.0, 300_000.0, 20.0)]),
+            mk(
+                "django-channels",
+                vec![step(600.0, 1000.0, 900.0), step(800.0, 2000.0, 1900.0)],
+            ),
+        ];
+        let text = verdicts(&runs);
+        assert!(
+            text.contains("**PASS**: scenario (a): ours ≥ 30× Django"),
+            "{text}"
+        );
+        assert!(text.contains("375.00× (vs its peak at any p99)"), "{text}");
+        let table = tables(&runs);
+        assert!(
+            table.contains("| Django Channels (daphne + channels_redis) | a | none within bounds"),
+            "{table}"
+        );
     }
 
     #[test]
