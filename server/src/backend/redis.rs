@@ -146,7 +146,8 @@ impl Keys {
     pub fn messages(&self, chat: &ChatId) -> String {
         self.chat(chat, "messages")
     }
-    /// String with TTL: the message stored under a sender's `client_id`.
+    /// String with TTL: `{epoch} {seq} {created_at}` of the message stored under a
+    /// sender's `client_id` (not the message: it is read back from the stream).
     pub fn idempotency(&self, chat: &ChatId, user: &UserId, client_id: &ClientId) -> String {
         // A JSON pair keeps `user` and `client_id` apart whatever characters they hold.
         let pair = serde_json::to_string(&(user.as_str(), client_id.as_str()))
@@ -312,9 +313,9 @@ fn event_halves() -> (String, String) {
     (whole[..at].to_owned(), whole[at + inner.len()..].to_owned())
 }
 
-/// The message JSON the `append` script completes with its id and seq.
-fn template(chat: &ChatId, message: NewMessage, created_at: String) -> String {
-    let message = Message {
+/// The message the `append` script completes with its id and seq.
+fn draft(chat: &ChatId, message: NewMessage, created_at: String) -> Message {
+    Message {
         id: MessageId::new("__hablar_message_id__").expect("a valid id"),
         seq: Some(Seq(u64::MAX)),
         chat_id: chat.clone(),
@@ -326,8 +327,28 @@ fn template(chat: &ChatId, message: NewMessage, created_at: String) -> String {
         created_at,
         client_id: message.client_id,
         extra: message.extra,
-    };
-    serde_json::to_string(&message).expect("a message serialises")
+    }
+}
+
+/// The message JSON the `append` script completes with its id and seq.
+#[cfg(test)]
+fn template(chat: &ChatId, message: NewMessage, created_at: String) -> String {
+    serde_json::to_string(&draft(chat, message, created_at)).expect("a message serialises")
+}
+
+/// The acknowledgement of a resend whose message is stored but no longer retained: the
+/// resend itself (a `client_id` names one message, so the same content and fields) with
+/// the stored id, seq and time. It settles the sender's send like any echo, while the
+/// message is not stored or broadcast twice.
+fn trimmed_duplicate(mut draft: Message, epoch: &str, seq: &str, created_at: &str) -> Result<Message> {
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| backend_error("unreadable seq in an idempotency key"))?;
+    draft.id = MessageId::new(format!("{epoch}-{seq}"))
+        .map_err(|_| backend_error("unreadable epoch in an idempotency key"))?;
+    draft.seq = Some(Seq(seq));
+    created_at.clone_into(&mut draft.created_at);
+    Ok(draft)
 }
 
 fn parse_message(json: &str) -> Result<Message> {
@@ -533,7 +554,9 @@ impl Backend for RedisBackend {
             .client_id
             .as_ref()
             .map(|client_id| k.idempotency(chat, &message.sender.user_id, client_id));
-        let template = template(chat, message, rfc3339(OffsetDateTime::now_utc()));
+        let created_at = rfc3339(OffsetDateTime::now_utc());
+        let draft = draft(chat, message, created_at.clone());
+        let template = serde_json::to_string(&draft).expect("a message serialises");
         let mut invocation = inner.scripts.append.prepare_invoke();
         invocation
             .key(k.meta(chat))
@@ -552,18 +575,22 @@ impl Backend for RedisBackend {
             .arg(&inner.event_prefix)
             .arg(&inner.event_suffix)
             .arg(ID_NEEDLE)
-            .arg(SEQ_NEEDLE);
+            .arg(SEQ_NEEDLE)
+            .arg(created_at);
         let mut conn = inner.conn.clone();
         let reply: Vec<String> = inner.run(invocation.invoke_async(&mut conn)).await?;
-        let (outcome, json) = match reply.as_slice() {
-            [outcome, json] => (outcome.as_str(), json.as_str()),
-            [missing] if missing == "missing" => return Err(Error::NotFound),
-            _ => return Err(backend_error("unexpected reply from the append script")),
-        };
-        Ok(Appended {
-            message: parse_message(json)?,
-            duplicate: outcome == "duplicate",
-        })
+        match reply.as_slice() {
+            [outcome, json] if outcome == "stored" || outcome == "duplicate" => Ok(Appended {
+                message: parse_message(json)?,
+                duplicate: outcome == "duplicate",
+            }),
+            [outcome, epoch, seq, created_at] if outcome == "trimmed" => Ok(Appended {
+                message: trimmed_duplicate(draft, epoch, seq, created_at)?,
+                duplicate: true,
+            }),
+            [missing] if missing == "missing" => Err(Error::NotFound),
+            _ => Err(backend_error("unexpected reply from the append script")),
+        }
     }
 
     async fn history(&self, chat: &ChatId, before: Option<Seq>, limit: usize) -> Result<HistoryPage> {

@@ -14,6 +14,7 @@ backend_tests!(
     resume_from_another_epoch_is_not_recovered,
     resume_past_the_retained_history_is_not_recovered,
     a_resent_client_id_is_stored_once_and_echoed_to_the_sender,
+    idempotency_keys_do_not_outlive_the_retained_messages,
     ping_is_answered_with_pong_and_its_id,
     presence_is_per_user_not_per_tab,
     mark_read_is_broadcast_as_read,
@@ -192,6 +193,81 @@ async fn a_resent_client_id_is_stored_once_and_echoed_to_the_sender(backend: Bac
         Some(1),
         "stored once: {page}"
     );
+}
+
+/// A flood of distinct `client_id`s with large messages: a resend of a retained one is
+/// still answered with the stored message, and (Redis) the idempotency keys hold where
+/// the message is, not a copy of it for 24 h past the retention.
+async fn idempotency_keys_do_not_outlive_the_retained_messages(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.limits.history_retention = 3).await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    let mut alice = server.join("room", "alice").await;
+    let mut bob = server.join("room", "bob").await;
+    let bulk = "x".repeat(4000);
+    let frame = |i: usize| json!({"type": "new_message", "message": {"content": format!("flood {i}"), "client_id": format!("k{i}"), "attachment": bulk}});
+    let mut last = None;
+    for i in 0..10 {
+        alice.send_json(&frame(i)).await;
+        last = Some(next_message(&mut alice).await);
+        next_message(&mut bob).await;
+    }
+    let last = last.expect("ten messages");
+    alice.send_json(&frame(9)).await;
+    let echoed = next_message(&mut alice).await;
+    assert_eq!(
+        echoed, last,
+        "a retained message is still deduplicated, echoed whole"
+    );
+    bob.expect_silence(Duration::from_millis(150)).await;
+    if let Some(redis) = &server.redis {
+        let keys = redis.command(&["KEYS", "*:idem:*"]);
+        let keys: Vec<&str> = keys.lines().collect();
+        assert_eq!(keys.len(), 10, "one key per client_id: {keys:?}");
+        for key in keys {
+            let len: usize = redis.command(&["STRLEN", key]).parse().expect("a length");
+            assert!(
+                len < 100,
+                "{key} holds {len} bytes, a copy of the message for 24 h"
+            );
+        }
+    }
+}
+
+/// Redis keeps a `client_id` for 24 h, past the retention: a resend of a message that was
+/// trimmed out of the stream is not stored again, and the sender still gets an echo (its
+/// resend with the stored id, seq and time) that settles its send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_resend_of_a_trimmed_message_is_acknowledged_not_stored_again() {
+    let server = TestServer::start_with(Backend::Redis, |c| c.limits.history_retention = 3).await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    let mut alice = server.join("room", "alice").await;
+    let mut bob = server.join("room", "bob").await;
+    let first = json!({"type": "new_message", "message": {"content": "first", "client_id": "k-first", "reply_to": "m-0"}});
+    alice.send_json(&first).await;
+    let stored = next_message(&mut alice).await;
+    next_message(&mut bob).await;
+    for text in ["two", "three", "four"] {
+        alice.send_json(&send_message(text)).await;
+        next_message(&mut alice).await;
+        next_message(&mut bob).await;
+    }
+    alice.send_json(&first).await;
+    let echoed = next_message(&mut alice).await;
+    assert_eq!(
+        echoed, stored,
+        "the echo carries the stored id, seq, time and fields"
+    );
+    bob.expect_silence(Duration::from_millis(150)).await;
+    let (_, page) = server.history("room", &tokens::token("alice"), "").await;
+    let seqs: Vec<u64> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, [2, 3, 4], "not stored again: {page}");
+    alice.send_json(&send_message("five")).await;
+    assert_eq!(seq(&next_message(&mut alice).await), 5);
 }
 
 async fn ping_is_answered_with_pong_and_its_id(backend: Backend) {

@@ -4,18 +4,35 @@
 --
 -- KEYS[1] meta (hash; the chat exists iff it exists)   KEYS[2] epoch (string)
 -- KEYS[3] seq (string counter)   KEYS[4] messages (stream, entry id = "{seq}-0")
--- KEYS[5] idempotency key (string, optional)
+-- KEYS[5] idempotency key (string "{epoch} {seq} {created_at}", optional)
 -- ARGV[1] a fresh epoch, used if the chat has none     ARGV[2] the message JSON template
 -- ARGV[3] stream MAXLEN    ARGV[4] idempotency TTL (s)   ARGV[5] channel
 -- ARGV[6] event prefix     ARGV[7] event suffix           ARGV[8] id needle   ARGV[9] seq needle
--- Returns {"missing"} | {"duplicate", stored JSON} | {"stored", JSON}.
+-- ARGV[10] the template's created_at
+-- Returns {"missing"} | {"duplicate", stored JSON} | {"stored", JSON}
+--       | {"trimmed", epoch, seq, created_at}: a duplicate whose message left the stream.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'missing'}
 end
 if KEYS[5] then
   local stored = redis.call('GET', KEYS[5])
-  if stored then
+  if stored and string.sub(stored, 1, 1) == '{' then
+    -- Written before keys held only the seq; they expire within the TTL.
     return {'duplicate', stored}
+  end
+  if stored then
+    -- The key holds only where the message is, not the message (up to a frame for each
+    -- message for the whole TTL): read it back from the stream while it is retained.
+    local key_epoch, key_seq, key_at = string.match(stored, '^(%S+) (%d+) (%S+)$')
+    if key_epoch and key_epoch == redis.call('GET', KEYS[2]) then
+      local entry = redis.call('XRANGE', KEYS[4], key_seq .. '-0', key_seq .. '-0')
+      if entry[1] then
+        return {'duplicate', entry[1][2][2]}
+      end
+      -- Trimmed out of the stream, but stored: never store it twice.
+      return {'trimmed', key_epoch, key_seq, key_at}
+    end
+    -- A key of an older epoch points into a store that is gone: store afresh.
   end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX') then
@@ -43,7 +60,7 @@ local message = splice(ARGV[2], ARGV[8], '"id":"' .. epoch .. '-' .. seq_text ..
 message = splice(message, ARGV[9], '"seq":' .. seq_text)
 redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[3], seq_text .. '-0', 'm', message)
 if KEYS[5] then
-  redis.call('SET', KEYS[5], message, 'EX', ARGV[4])
+  redis.call('SET', KEYS[5], epoch .. ' ' .. seq_text .. ' ' .. ARGV[10], 'EX', ARGV[4])
 end
 redis.call('PUBLISH', ARGV[5], ARGV[6] .. message .. ARGV[7])
 return {'stored', message}
