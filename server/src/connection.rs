@@ -110,16 +110,62 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
         }
     };
 
-    let session = Session {
-        typing: false,
-        limiter: RateLimiter::new(
-            limits.rate_per_sec,
-            limits.rate_burst,
-            limits.rate_abuse_close_after,
-            Instant::now(),
-        ),
+    // The session runs in a task of its own so that the cleanup below runs whether it
+    // returns or panics: a panic must not leave the user online and in the hub forever.
+    let session = tokio::spawn(live(
+        app.clone(),
+        admitted.clone(),
+        query,
+        Halves {
+            sink,
+            stream,
+            rx,
+            tx,
+            session: Session {
+                typing: false,
+                limiter: RateLimiter::new(
+                    limits.rate_per_sec,
+                    limits.rate_burst,
+                    limits.rate_abuse_close_after,
+                    Instant::now(),
+                ),
+            },
+        },
+        close_rx,
+    ));
+    let (end, typing) = match session.await {
+        Ok(ended) => ended,
+        Err(err) => {
+            // The socket went with the task, so no close frame: dropping it closes TCP.
+            tracing::error!(%chat, user = %user, error = %err, "connection task failed");
+            app.metrics.close(CloseCode::ServerError);
+            // Whether it was typing is lost with the task: a stray typing_stop is harmless,
+            // a missing one leaves "is typing" up on base-layer frontends.
+            (End::Close(CloseCode::ServerError), true)
+        }
     };
-    let (end, typing) = match start(&app, &admitted, &query, &mut sink).await {
+    cleanup(&app, &admitted, conn_id, typing).await;
+    app.metrics.connections.fetch_sub(1, Relaxed);
+    tracing::info!(%chat, user = %user, end = ?end, "disconnected");
+}
+
+/// The admitted connection from presence, replay and `ready` to its close. Returns how
+/// it ended and whether its user was typing.
+async fn live(
+    app: Arc<AppState>,
+    admitted: Arc<Admitted>,
+    query: RawConnect,
+    halves: Halves,
+    close_rx: watch::Receiver<Option<CloseCode>>,
+) -> (End, bool) {
+    let Halves {
+        mut sink,
+        mut stream,
+        rx,
+        tx,
+        session,
+    } = halves;
+    match start(&app, &admitted, &query, &mut sink).await {
         Err(end) => {
             finish(&app, &mut sink, &mut stream, end, None).await;
             (end, false)
@@ -134,10 +180,7 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
             };
             drive(&app, &admitted, halves, close_rx, delivered).await
         }
-    };
-    cleanup(&app, &admitted, conn_id, typing).await;
-    app.metrics.connections.fetch_sub(1, Relaxed);
-    tracing::info!(%chat, user = %user, end = ?end, "disconnected");
+    }
 }
 
 /// A connection's socket halves and queue, and the reader's state.

@@ -1,0 +1,152 @@
+//! A connection task that panics still cleans up after itself: the user goes offline
+//! (presence_leave), and the connection gauge and hub forget the connection.
+//!
+//! The server is assembled from its public parts ([`AppState`], [`http::router`]) around
+//! a backend that panics in `replay` for one `since`, as `since=u64::MAX` once did
+//! (an overflow in debug builds), so nothing in the server exists for this test.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hablar_protocol::events::{HistoryPage, PresenceUser, ServerEvent};
+use hablar_protocol::{ChatId, Epoch, Seq, UserId};
+use hablar_server::auth::Verifier;
+use hablar_server::backend::{
+    Appended, Backend, ChatEvent, MemoryBackend, NewMessage, PresenceJoined, Replay,
+};
+use hablar_server::limits::{ConnectRate, ConnectionCounter};
+use hablar_server::metrics::Metrics;
+use hablar_server::origin::OriginPolicy;
+use hablar_server::rooms::Rooms;
+use hablar_server::{http, AppState, Config, Result};
+use hablar_tests::client::Frame;
+use hablar_tests::{tokens, Client};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+/// `since` at which `replay` panics.
+const POISON: Seq = Seq(666);
+
+/// The memory backend, except that `replay` from [`POISON`] panics.
+struct PanicsOnReplay(MemoryBackend);
+
+#[async_trait]
+impl Backend for PanicsOnReplay {
+    async fn create_chat(&self, chat: &ChatId) -> Result<bool> {
+        self.0.create_chat(chat).await
+    }
+    async fn chat_exists(&self, chat: &ChatId) -> Result<bool> {
+        self.0.chat_exists(chat).await
+    }
+    async fn add_member(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
+        self.0.add_member(chat, user).await
+    }
+    async fn remove_member(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
+        self.0.remove_member(chat, user).await
+    }
+    async fn is_member(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
+        self.0.is_member(chat, user).await
+    }
+    async fn set_display_name(&self, user: &UserId, display_name: &str) -> Result<()> {
+        self.0.set_display_name(user, display_name).await
+    }
+    async fn display_name(&self, user: &UserId) -> Result<Option<String>> {
+        self.0.display_name(user).await
+    }
+    async fn append(&self, chat: &ChatId, message: NewMessage) -> Result<Appended> {
+        self.0.append(chat, message).await
+    }
+    async fn history(&self, chat: &ChatId, before: Option<Seq>, limit: usize) -> Result<HistoryPage> {
+        self.0.history(chat, before, limit).await
+    }
+    async fn replay(
+        &self,
+        chat: &ChatId,
+        since: Option<Seq>,
+        epoch: Option<&Epoch>,
+        max: usize,
+    ) -> Result<Replay> {
+        assert_ne!(since, Some(POISON), "a bug in the backend");
+        self.0.replay(chat, since, epoch, max).await
+    }
+    async fn publish(&self, chat: &ChatId, event: ChatEvent) -> Result<()> {
+        self.0.publish(chat, event).await
+    }
+    async fn subscribe(&self, chat: &ChatId) -> Result<()> {
+        self.0.subscribe(chat).await
+    }
+    async fn unsubscribe(&self, chat: &ChatId) -> Result<()> {
+        self.0.unsubscribe(chat).await
+    }
+    async fn presence_join(&self, chat: &ChatId, user: &PresenceUser) -> Result<PresenceJoined> {
+        self.0.presence_join(chat, user).await
+    }
+    async fn presence_leave(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
+        self.0.presence_leave(chat, user).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_connection_still_leaves_presence_and_the_hub() {
+    let config = Config::defaults();
+    let metrics = Arc::new(Metrics::default());
+    let rooms = Arc::new(Rooms::new(metrics.clone()));
+    let backend = PanicsOnReplay(MemoryBackend::new(rooms.clone(), 100));
+    let chat = ChatId::new("room").expect("chat id");
+    backend.create_chat(&chat).await.expect("create");
+    for user in ["alice", "bob"] {
+        let user = UserId::new(user).expect("user id");
+        backend.add_member(&chat, &user).await.expect("add");
+    }
+    let (_stop, shutdown) = watch::channel(false);
+    let (tracker, _all_closed) = mpsc::channel(1);
+    let app = Arc::new(AppState {
+        verifier: Verifier::new(tokens::SECRET.as_bytes(), 0),
+        origins: OriginPolicy::new(&[], false, false),
+        connect_rate: ConnectRate::new(config.limits.connect_rate_per_sec, config.limits.connect_burst),
+        config,
+        backend: Arc::new(backend),
+        rooms,
+        metrics: metrics.clone(),
+        connections: Arc::new(ConnectionCounter::default()),
+        shutdown,
+        tracker,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, http::router(app)).await });
+    let url =
+        |user: &str, extra: &str| format!("ws://{addr}/ws/chat/room/?token={}{extra}", tokens::token(user));
+
+    let mut alice = Client::connect(&url("alice", "")).await.expect("connect");
+    alice.ready().await;
+    let mut bob = Client::connect(&url("bob", &format!("&since={}", POISON.0)))
+        .await
+        .expect("connect");
+    let joined = alice
+        .recv_until(|e| matches!(e, ServerEvent::PresenceJoin(_)))
+        .await;
+    assert!(matches!(joined, ServerEvent::PresenceJoin(u) if u.user_id.as_str() == "bob"));
+    // bob's connection task panics on its replay; its socket goes with it.
+    let frame = bob.next_frame(Duration::from_secs(5)).await;
+    assert!(
+        matches!(frame, Some(Frame::Close(_))),
+        "bob's socket closes: {frame:?}"
+    );
+    let left = alice
+        .recv_until(|e| matches!(e, ServerEvent::PresenceLeave(_)))
+        .await;
+    assert!(
+        matches!(&left, ServerEvent::PresenceLeave(u) if u.user_id.as_str() == "bob"),
+        "bob is not left online for ever: {left:?}"
+    );
+    assert_eq!(metrics.connections.load(Relaxed), 1, "only alice is connected");
+
+    // bob can come back, and is counted once.
+    let mut bob = Client::connect(&url("bob", "")).await.expect("connect");
+    let ready = bob.ready().await;
+    let online: Vec<&str> = ready.presence.iter().map(|p| p.user_id.as_str()).collect();
+    assert_eq!(online, ["alice", "bob"]);
+}
