@@ -83,21 +83,35 @@ impl RateLimiter {
 #[derive(Debug)]
 pub struct ConnectRate {
     /// Buckets by user; full ones are forgotten when the map grows.
-    buckets: Mutex<HashMap<UserId, RateLimiter>>,
+    buckets: Mutex<Buckets>,
     /// Handshakes per second per user, on average.
     rate: f64,
     /// Handshakes per user in a burst.
     burst: u32,
 }
 
+/// The buckets and the size at which full ones are swept out next.
+#[derive(Debug)]
+struct Buckets {
+    by_user: HashMap<UserId, RateLimiter>,
+    /// Twice the size left by the last sweep (at least [`ConnectRate::SWEEP_AT`]), so
+    /// that a sweep, which scans the whole map under the lock, comes at most once per as
+    /// many new users as the map held: amortised O(1) per handshake even when most
+    /// buckets are not full (many users connecting at once), instead of a scan each time.
+    sweep_at: usize,
+}
+
 impl ConnectRate {
-    /// Users tracked before full buckets are swept out.
+    /// Users tracked before full buckets are swept out for the first time.
     const SWEEP_AT: usize = 10_000;
 
     /// A limiter allowing `burst` handshakes at once and `rate_per_sec` after.
     pub fn new(rate_per_sec: f64, burst: u32) -> Self {
         Self {
-            buckets: Mutex::default(),
+            buckets: Mutex::new(Buckets {
+                by_user: HashMap::new(),
+                sweep_at: Self::SWEEP_AT,
+            }),
             rate: rate_per_sec,
             burst: burst.max(1),
         }
@@ -106,10 +120,12 @@ impl ConnectRate {
     /// Whether `user` may open another connection at `now`.
     pub fn allow(&self, user: &UserId, now: Instant) -> bool {
         let mut buckets = self.buckets.lock();
-        if buckets.len() >= Self::SWEEP_AT {
-            buckets.retain(|_, bucket| !bucket.is_full(now));
+        if buckets.by_user.len() >= buckets.sweep_at {
+            buckets.by_user.retain(|_, bucket| !bucket.is_full(now));
+            buckets.sweep_at = Self::SWEEP_AT.max(buckets.by_user.len().saturating_mul(2));
         }
         let bucket = buckets
+            .by_user
             .entry(user.clone())
             .or_insert_with(|| RateLimiter::new(self.rate, self.burst, u32::MAX, now));
         bucket.check(now) == RateDecision::Allow
@@ -190,6 +206,42 @@ mod tests {
             limiter.check(start + Duration::from_millis(500)),
             RateDecision::Limited
         );
+    }
+
+    #[test]
+    fn handshake_buckets_are_swept_once_per_doubling_not_on_every_handshake() {
+        let rate = ConnectRate::new(1.0, 2);
+        let t0 = Instant::now();
+        let user = |i: usize| UserId::new(format!("u{i}")).expect("a valid user id");
+        let tracked = || rate.buckets.lock().by_user.len();
+        // As many users as trigger a sweep, all of them just connected: none is full,
+        // so the sweep frees nothing.
+        for i in 0..ConnectRate::SWEEP_AT {
+            assert!(rate.allow(&user(i), t0));
+        }
+        assert!(rate.allow(&user(ConnectRate::SWEEP_AT), t0));
+        assert_eq!(tracked(), ConnectRate::SWEEP_AT + 1);
+        // Later every bucket is full again, so a sweep would empty the map: none comes
+        // until the map has doubled since the last one.
+        let later = t0 + Duration::from_secs(10);
+        let mut next = ConnectRate::SWEEP_AT + 1;
+        while next < 2 * ConnectRate::SWEEP_AT {
+            assert!(rate.allow(&user(next), later));
+            next += 1;
+            assert_eq!(tracked(), next, "no scan of the whole map on every handshake");
+        }
+        // Doubled: this handshake sweeps out the full buckets (the first users'), so
+        // memory stays bounded; the users who connected `later` are kept.
+        assert!(rate.allow(&user(next), later));
+        assert_eq!(
+            tracked(),
+            ConnectRate::SWEEP_AT,
+            "full buckets are swept once the map doubled"
+        );
+        // Limits still hold for a user tracked across the sweep.
+        let busy = user(next);
+        assert!(rate.allow(&busy, later));
+        assert!(!rate.allow(&busy, later), "a burst of 2, then limited");
     }
 
     #[test]
