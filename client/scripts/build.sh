@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the release npm package into client/pkg: wasm-pack (no wasm-opt of its own),
 # then `wasm-opt -Oz` from a binaryen recent enough for wasm-bindgen's externref table,
-# then minifies the JS glue with esbuild (the glue's doc comments and long local names
-# were half of its gzip size; the .d.ts keeps the docs).
+# then shortens the import names (scripts/shorten-imports.mjs) and minifies the JS glue
+# with esbuild (its doc comments and long local names were half of its gzip size; the
+# .d.ts keeps the docs).
 #
 # Why not wasm-pack's wasm-opt step: Debian's binaryen 108 (/usr/bin/wasm-opt here)
 # rewrites the module so that `__wbindgen_externrefs` exports the funcref table, and the
@@ -53,9 +54,12 @@ WASM="$PKG/hablar_client_bg.wasm"
   "$WASM" -o "$WASM.opt"
 mv "$WASM.opt" "$WASM"
 
+JS="$PKG/hablar_client.js"
+# wasm-bindgen's hashed import names, in both files, gzip badly: shorten them.
+node "$ROOT/client/scripts/shorten-imports.mjs" "$WASM" "$JS"
+
 # No --format: esbuild then keeps top-level names (the exported `HablarClient` class keeps
 # its `name`) and only shortens locals. The `@ts-self-types` line it drops is put back.
-JS="$PKG/hablar_client.js"
 HEADER="$(head -n 1 "$JS")"
 "$(esbuild)" "$JS" --minify --log-level=warning >"$JS.min"
 if [[ "$HEADER" == "/* @ts-self-types="* ]]; then
