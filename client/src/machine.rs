@@ -331,6 +331,13 @@ impl<M: Clone> Machine<M> {
         }
     }
 
+    /// Everything queued for the glue to do, in order. Carrying these out may queue
+    /// more: call again until it is empty. (Same order as [`Machine::poll`], without
+    /// `Vec::remove`'s bounds check, whose message formatting costs size in the wasm.)
+    pub fn take_outputs(&mut self) -> Vec<Output<M>> {
+        std::mem::take(&mut self.out)
+    }
+
     /// The next thing for the glue to do.
     pub fn poll(&mut self) -> Option<Output<M>> {
         // A plain Vec used as a short queue: smaller code than VecDeque in the wasm.

@@ -60,7 +60,10 @@ impl Resume {
             return false;
         }
         if self.recent_ids.len() == RECENT_IDS {
-            self.recent_ids.remove(0);
+            // Drops the oldest; `remove(0)` would bring its panic message's integer
+            // formatting into the wasm.
+            let mut oldest = true;
+            self.recent_ids.retain(|_| !std::mem::take(&mut oldest));
         }
         self.recent_ids.push(id.to_owned());
         true

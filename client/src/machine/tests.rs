@@ -8,8 +8,13 @@ fn machine() -> Machine<M> {
     Machine::new(Config::default(), 1)
 }
 
+/// Everything queued: the first through `poll`, the rest through `take_outputs` (what
+/// the wasm glue uses), so every scenario checks that both hand out the same queue.
 fn drain(m: &mut Machine<M>) -> Vec<Output<M>> {
-    std::iter::from_fn(|| m.poll()).collect()
+    let mut out: Vec<Output<M>> = m.poll().into_iter().collect();
+    out.extend(m.take_outputs());
+    assert!(m.poll().is_none(), "take_outputs empties the queue");
+    out
 }
 
 fn states(outputs: &[Output<M>]) -> Vec<State> {

@@ -17,6 +17,15 @@ extern "C" {
     /// The global `atob`, to read a JWT payload.
     #[wasm_bindgen(catch, js_name = atob)]
     fn atob(data: &str) -> Result<String, JsValue>;
+    /// `globalThis`, which every host able to run this `.wasm` (externref) has.
+    /// `js_sys::global()` also probes `self`, `window` and `global`, at a cost in size.
+    #[wasm_bindgen(thread_local_v2, js_name = globalThis)]
+    static GLOBAL_THIS: JsValue;
+}
+
+/// The global object (`window` in a page).
+pub fn global() -> JsValue {
+    GLOBAL_THIS.with(JsValue::clone)
 }
 
 /// The current time in ms (wall clock: the only clock every JS host has).
@@ -99,21 +108,13 @@ pub fn call(f: &Function, arg: &JsValue) {
     let _ = f.call1(&JsValue::NULL, arg);
 }
 
-/// Appends `n` in decimal (no `core::fmt`).
-pub fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+/// Appends `n` in decimal (no `core::fmt`, and no indexing whose bounds-check message
+/// would bring it in).
+pub fn push_u64(out: &mut String, n: u64) {
+    if n >= 10 {
+        push_u64(out, n / 10);
     }
-    for &d in &digits[i..] {
-        out.push(char::from(d));
-    }
+    out.push(char::from(b'0' + (n % 10) as u8));
 }
 
 /// Appends `n` as 13 lowercase hex digits (52 bits).
@@ -146,8 +147,10 @@ pub fn random_seed() -> u64 {
 /// The `user_id` claim of a JWT, read without verifying anything: it only tells the SDK
 /// which typing events are the user's own.
 pub fn jwt_user_id(token: &str) -> Option<String> {
-    let (_, rest) = token.split_once('.')?;
-    let (payload, _) = rest.split_once('.')?;
+    // Byte positions and `get`: `split_once` brings in slicing panics and their messages.
+    let dot = |s: &str| s.bytes().position(|b| b == b'.');
+    let rest = token.get(dot(token)? + 1..)?;
+    let payload = rest.get(..dot(rest)?)?;
     let mut b64: String = payload
         .chars()
         .map(|c| match c {

@@ -374,13 +374,19 @@ impl HablarClient {
             .subscriptions
             .borrow_mut()
             .push(Subscription { id, topic, listener });
-        let weak = Rc::downgrade(&self.inner);
-        let unsubscribe = Closure::once_into_js(move || {
+        // An `FnMut()` like every other callback here, not `Closure::once_into_js` (its
+        // own closure type costs ~1 KB of .wasm), made to throw on a second call just as
+        // a called-once closure does. Freed when the JS function is garbage-collected.
+        let mut weak = Some(Rc::downgrade(&self.inner));
+        let unsubscribe = Closure::<dyn FnMut()>::new(move || {
+            let Some(weak) = weak.take() else {
+                wasm_bindgen::throw_str("closure invoked recursively or after being dropped");
+            };
             if let Some(inner) = weak.upgrade() {
                 inner.subscriptions.borrow_mut().retain(|s| s.id != id);
             }
         });
-        Ok(unsubscribe.unchecked_into())
+        Ok(unsubscribe.into_js_value().unchecked_into())
     }
 }
 
@@ -389,9 +395,14 @@ impl Inner {
     /// released before any app listener runs, so listeners may call the client.
     fn pump(&self) {
         loop {
-            let next = self.machine.borrow_mut().poll();
-            let Some(output) = next else { break };
-            self.execute(output);
+            let outputs = self.machine.borrow_mut().take_outputs();
+            if outputs.is_empty() {
+                break;
+            }
+            // New outputs queued meanwhile go after these, as with one-at-a-time polling.
+            for output in outputs {
+                self.execute(output);
+            }
         }
         self.arm_timer();
     }
@@ -495,9 +506,13 @@ impl Inner {
     fn token_settled(&self, generation: u32, token: Option<String>, since: Option<(u64, String)>) {
         self.sweep();
         let wait = {
+            // Not `swap_remove`: its bounds-check message costs size in the wasm.
             let mut waits = self.token_waits.borrow_mut();
-            let i = waits.iter().position(|w| w.generation == generation);
-            i.map(|i| waits.swap_remove(i))
+            let (mut settled, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut *waits)
+                .into_iter()
+                .partition(|w| w.generation == generation);
+            *waits = waiting;
+            settled.pop()
         };
         if let Some(wait) = wait {
             self.bury(wait); // one of its closures is running
@@ -665,7 +680,7 @@ impl Inner {
 
 /// Registers the `online` and `visibilitychange` listeners, where the host has them.
 fn page_listeners(me: &Weak<Inner>) -> Option<PageListeners> {
-    let global: EventTarget = js_sys::global().dyn_into().ok()?;
+    let global: EventTarget = js::global().dyn_into().ok()?;
     let weak = me.clone();
     let on_online = Closure::<dyn FnMut()>::new(move || {
         if let Some(inner) = weak.upgrade() {

@@ -5,17 +5,20 @@
 use std::rc::Weak;
 
 use wasm_bindgen::prelude::*;
-use web_sys::{CloseEvent, MessageEvent, WebSocket};
+use web_sys::WebSocket;
 
+use super::js::get;
 use super::Inner;
 
 /// A socket and its event handlers, owned together.
 pub struct Socket {
     ws: WebSocket,
-    /// Kept alive as long as the handler is set; dropped with the socket.
+    /// Kept alive as long as the handler is set; dropped with the socket. The events
+    /// are plain `JsValue`s read with `Reflect`: one closure type for every handler of
+    /// the SDK keeps the `.wasm` and the glue smaller.
     _on_open: Closure<dyn FnMut()>,
-    _on_message: Closure<dyn FnMut(MessageEvent)>,
-    _on_close: Closure<dyn FnMut(CloseEvent)>,
+    _on_message: Closure<dyn FnMut(JsValue)>,
+    _on_close: Closure<dyn FnMut(JsValue)>,
 }
 
 impl Socket {
@@ -30,15 +33,17 @@ impl Socket {
             }
         });
         let weak = client.clone();
-        let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
-            if let (Some(inner), Some(text)) = (weak.upgrade(), ev.data().as_string()) {
+        let on_message = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
+            if let (Some(inner), Some(text)) = (weak.upgrade(), get(&ev, "data").as_string()) {
                 inner.on_socket_frame(&text);
             }
         });
         let weak = client.clone();
-        let on_close = Closure::<dyn FnMut(CloseEvent)>::new(move |ev: CloseEvent| {
+        let on_close = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
             if let Some(inner) = weak.upgrade() {
-                inner.on_socket_close(ev.code());
+                // `CloseEvent.code` is an unsigned short; 0 stands in as web-sys did.
+                let code = get(&ev, "code").as_f64().unwrap_or(0.0) as u16;
+                inner.on_socket_close(code);
             }
         });
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
