@@ -52,6 +52,7 @@ django() {
 }
 stage "Django Channels baseline and token interop" django
 stage "browser end-to-end (demo page, demo command, Django Channels)" tests/e2e/run.sh
+stage "load generator smoke run (the benchmarks are scripts/bench.sh)" scripts/bench-smoke.sh
 
 printf '\n===== summary =====\n'
 printf '%s\n' "${summary[@]}"
