@@ -34,6 +34,7 @@ pub mod rooms;
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -138,6 +139,11 @@ pub async fn serve(
         tracing::info!("shutting down: closing sockets with 1012");
         let _ = stop_tx.send(true);
     };
+    // Without TCP_NODELAY, Nagle holds a small frame back while an earlier one is
+    // unacknowledged, and the peer's delayed ACK turns that into stalls of up to 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(signal)
         .await?;
