@@ -349,7 +349,8 @@ pub async fn sweep(
         return steps;
     };
     for _ in 0..sweep.refine {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The last step may have been an overload: give the system time to recover.
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let rate = (good * bad).sqrt();
         let id = steps.len() as u32;
         let Some((result, _)) = measure_step(run, target, members, sweep, id, rate).await else {
@@ -395,7 +396,6 @@ async fn measure_step(
     if publishers.is_empty() {
         return None;
     }
-    let fanout = publishers.iter().map(|p| p.1).sum::<u64>() as f64 / publishers.len() as f64;
     let pacer = Pacer::new(rate);
     let count = pacer.count_in(sweep.window).max(1);
     let errors_before = run.counters.total();
@@ -435,7 +435,8 @@ async fn measure_step(
     let secs = sweep.window.as_secs_f64().max(published.as_secs_f64());
     let result = StepResult {
         offered_per_sec: rate,
-        expected_per_sec: rate * fanout,
+        // From what was actually sent: a window of 3 s at 0.5/s sends 2 messages, not 1.5.
+        expected_per_sec: expected as f64 / secs,
         delivered_per_sec: window.delivered as f64 / secs,
         missing: expected.saturating_sub(window.delivered),
         latency: Latency::of(&window.hist),
@@ -445,7 +446,7 @@ async fn measure_step(
         server_rss_kb: sys_after.rss_kb,
     };
     eprintln!(
-        "  step {step}: offered {rate:.0}/s → delivered {:.0}/s (expected {:.0}/s), p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, missing {}, errors {}, cpu server {:.2} gen {:.2}",
+        "  step {step}: offered {rate:.1}/s → delivered {:.0}/s (expected {:.0}/s), p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, missing {}, errors {}, cpu server {:.2} gen {:.2}",
         result.delivered_per_sec, result.expected_per_sec, result.latency.p50_ms, result.latency.p99_ms,
         result.latency.max_ms, result.missing, result.errors, result.server_cpu, result.generator_cpu
     );

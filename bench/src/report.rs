@@ -136,8 +136,14 @@ pub fn tables(runs: &[RunResult]) -> String {
     for r in &fanout {
         let ours = best_rate(runs, &r.target, &r.scenario);
         let scenario_base = r.scenario.trim_start_matches("e-");
-        let vs_django = vs(ours, comparable_rate(runs, "django-channels", scenario_base));
-        let vs_ceiling = vs(ours, comparable_rate(runs, "ceiling", scenario_base));
+        let against = |other: &str| {
+            if r.target == other {
+                "—".to_owned()
+            } else {
+                vs(ours, comparable_rate(runs, other, scenario_base))
+            }
+        };
+        let (vs_django, vs_ceiling) = (against("django-channels"), against("ceiling"));
         let peak = peak(&r.steps).map(fmt_rate).unwrap_or_default();
         let figures = match best(&r.steps) {
             Some(s) => format!(
@@ -166,7 +172,7 @@ pub fn tables(runs: &[RunResult]) -> String {
         for s in &r.steps {
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {:.2} | {:.2} | {:.1} |",
+                "| {} | {} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} | {} | {} | {:.2} | {:.2} | {:.1} |",
                 r.target,
                 r.scenario,
                 s.offered_per_sec,
