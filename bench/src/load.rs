@@ -308,9 +308,11 @@ pub struct Sweep {
 }
 
 /// Publishes at each rate of the sweep (round-robin over the chats, each chat's first
-/// live member publishing) and measures every step. Stops at the first overloaded step,
-/// then bisects (in log space) between the highest rate within the latency bound and the
-/// first rate beyond it, `refine` times, so the figure is not quantised to the ×2 steps.
+/// live member publishing) and measures every step. At the first step beyond the latency
+/// bound it bisects (in log space) between that rate and the highest rate within the
+/// bound, `refine` times, so the figure is not quantised to the ×2 grid; this happens
+/// before the sweep goes on into overload, which may cost members (a server closes
+/// readers that fall too far behind). Stops at the first overloaded step.
 pub async fn sweep(
     run: &Arc<Run>,
     target: &Target,
@@ -318,7 +320,7 @@ pub async fn sweep(
     sweep: &Sweep,
 ) -> Vec<StepResult> {
     let mut steps: Vec<StepResult> = Vec::new();
-    let mut first_bad: Option<f64> = None;
+    let mut refined = false;
     for &rate in &sweep.rates {
         let id = steps.len() as u32;
         let Some((result, expected)) = measure_step(run, target, members, sweep, id, rate).await else {
@@ -327,34 +329,46 @@ pub async fn sweep(
         let overloaded = result.latency.p99_ms > sweep.stop_p99_ms
             || result.missing as f64 > 0.01 * expected as f64
             || result.errors > 0;
-        if first_bad.is_none() && !result.within(sweep.bound_p99_ms) {
-            first_bad = Some(rate);
-        }
+        let beyond = !result.within(sweep.bound_p99_ms);
         steps.push(result);
+        if beyond && !refined {
+            refined = true;
+            let good = steps
+                .iter()
+                .filter(|s| s.offered_per_sec < rate && s.within(sweep.bound_p99_ms))
+                .map(|s| s.offered_per_sec)
+                .max_by(f64::total_cmp);
+            if let Some(good) = good {
+                refine(run, target, members, sweep, &mut steps, good, rate).await;
+            }
+        }
         if overloaded {
             break;
         }
         // Let queues from this step settle before the next one starts.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let Some(mut bad) = first_bad else {
-        return steps;
-    };
-    let good = steps
-        .iter()
-        .filter(|s| s.offered_per_sec < bad && s.within(sweep.bound_p99_ms))
-        .map(|s| s.offered_per_sec)
-        .max_by(f64::total_cmp);
-    let Some(mut good) = good else {
-        return steps;
-    };
+    steps.sort_by(|a, b| a.offered_per_sec.total_cmp(&b.offered_per_sec));
+    steps
+}
+
+/// Bisects between `good` (within the bound) and `bad` (beyond it) `sweep.refine` times.
+async fn refine(
+    run: &Arc<Run>,
+    target: &Target,
+    members: &mut [Member],
+    sweep: &Sweep,
+    steps: &mut Vec<StepResult>,
+    mut good: f64,
+    mut bad: f64,
+) {
     for _ in 0..sweep.refine {
-        // The last step may have been an overload: give the system time to recover.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The last step was beyond the bound: give the system time to recover.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let rate = (good * bad).sqrt();
         let id = steps.len() as u32;
         let Some((result, _)) = measure_step(run, target, members, sweep, id, rate).await else {
-            break;
+            return;
         };
         if result.within(sweep.bound_p99_ms) {
             good = rate;
@@ -363,8 +377,7 @@ pub async fn sweep(
         }
         steps.push(result);
     }
-    steps.sort_by(|a, b| a.offered_per_sec.total_cmp(&b.offered_per_sec));
-    steps
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// One measurement window at `rate`: publish, drain, read the figures. Returns the
