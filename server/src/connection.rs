@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::{ChatEvent, NewMessage, Replay};
 use crate::limits::{ConnectionSlot, RateDecision, RateLimiter};
-use crate::rooms::{Closer, ConnHandle, Outbound};
+use crate::rooms::{Closer, ConnHandle, Outbound, PresenceBacklog};
 use crate::AppState;
 
 /// The handshake's query string, read leniently: a malformed `since` or `epoch` means
@@ -88,10 +88,12 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
     let limits = &app.config.limits;
     let (tx, rx) = mpsc::channel(limits.outbound_queue);
     let (closer, close_rx) = Closer::new();
+    let backlog = Arc::new(PresenceBacklog::default());
     let handle = ConnHandle {
         user: user.clone(),
         tx: tx.clone(),
         closer,
+        presence: backlog.clone(),
     };
     let chat = admitted.chat.clone();
     let conn_id = match app.rooms.join(&*app.backend, &chat, handle).await {
@@ -121,6 +123,7 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
             stream,
             rx,
             tx,
+            backlog,
             session: Session {
                 typing: false,
                 limiter: RateLimiter::new(
@@ -163,6 +166,7 @@ async fn live(
         mut stream,
         rx,
         tx,
+        backlog,
         session,
     } = halves;
     match start(&app, &admitted, &query, &mut sink).await {
@@ -176,6 +180,7 @@ async fn live(
                 stream,
                 rx,
                 tx,
+                backlog,
                 session,
             };
             drive(&app, &admitted, halves, close_rx, delivered).await
@@ -190,6 +195,8 @@ struct Halves {
     rx: mpsc::Receiver<Outbound>,
     /// For the reader's direct answers (errors, pongs, duplicate echoes).
     tx: mpsc::Sender<Outbound>,
+    /// Presence events the hub held back from `rx`, for the writer.
+    backlog: Arc<PresenceBacklog>,
     session: Session,
 }
 
@@ -208,6 +215,7 @@ async fn drive(
         mut stream,
         mut rx,
         tx,
+        backlog,
         mut session,
     } = halves;
     // Each task stops at once when told and hands its half back, so that the close
@@ -227,7 +235,7 @@ async fn drive(
     let ping_every = app.config.limits.ping_interval();
     let mut writer = tokio::spawn(async move {
         let end = tokio::select! {
-            end = write_loop(&mut sink, &mut rx, delivered, ping_every) => Some(end),
+            end = write_loop(&mut sink, &mut rx, &backlog, delivered, ping_every) => Some(end),
             _ = writer_stopped => None,
         };
         (end, sink, rx)
@@ -625,6 +633,7 @@ fn reply(tx: &mpsc::Sender<Outbound>, event: &ServerEvent) {
     let _ = tx.try_send(Outbound {
         text: Utf8Bytes::from(encode(event)),
         seq: None,
+        presence: false,
     });
 }
 
@@ -639,10 +648,12 @@ fn reply_error(tx: &mpsc::Sender<Outbound>, code: ErrorCode, detail: String, cli
     );
 }
 
-/// Writes queued frames in batches (feed, then one flush) and pings the client.
+/// Writes queued frames in batches (feed, then one flush), then any presence events the
+/// hub held back once those queued before them are out, and pings the client.
 async fn write_loop(
     sink: &mut SplitSink<WebSocket, WsMessage>,
     rx: &mut mpsc::Receiver<Outbound>,
+    backlog: &PresenceBacklog,
     delivered: Seq,
     ping_every: Duration,
 ) -> End {
@@ -665,11 +676,19 @@ async fn write_loop(
                 }
                 let write = async {
                     for item in batch {
+                        if item.presence {
+                            backlog.taken();
+                        }
                         // The replay already sent messages up to `delivered`.
                         if item.seq.is_some_and(|seq| seq <= delivered) {
                             continue;
                         }
                         sink.feed(WsMessage::Text(item.text)).await?;
+                    }
+                    // The hub holds presence back only while the queue is half full, so
+                    // there is always a later batch that gets here to send it.
+                    for text in backlog.take_due() {
+                        sink.feed(WsMessage::Text(text)).await?;
                     }
                     sink.flush().await
                 };

@@ -2,6 +2,19 @@
 //! of a chat's events to them. Each event is encoded once per fan-out and shared by all
 //! queues (`Utf8Bytes` is reference-counted); each connection's queue is bounded and
 //! filled with `try_send`, so one slow reader never holds up the others.
+//!
+//! What a full queue means depends on the event. A `new_message` that does not fit
+//! closes the connection with 4408 (its client resumes with `since`): messages are never
+//! dropped. Typing is a lease that the next refresh repairs, so it is dropped. Presence
+//! is neither: a burst of joins (1,000 members connecting at once) must not close healthy
+//! readers, yet a dropped `presence_join` would leave a wrong online list for good. So a
+//! presence event that does not fit goes to the connection's [`PresenceBacklog`] instead,
+//! coalesced per user (the latest event wins), and the writer sends the backlog once
+//! every presence event queued before it is written. The SDK keeps presence as a set
+//! keyed by user id (a join of a known user and a leave of an unknown one change
+//! nothing), so the latest event per user, in order after the earlier ones, leaves the
+//! client with the true online set. Presence only takes up to half of the queue, so a
+//! burst of joins leaves room for the messages that follow.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -10,7 +23,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use hablar_protocol::events::{encode, ServerEvent};
 use hablar_protocol::{ChatId, CloseCode, Seq, UserId};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 
@@ -26,6 +39,62 @@ pub struct Outbound {
     /// The message's seq for `new_message` from the fan-out, so that a resuming
     /// connection can drop what its replay already sent. `None` for direct answers.
     pub seq: Option<Seq>,
+    /// A presence event, counted in the connection's [`PresenceBacklog`] until written.
+    pub presence: bool,
+}
+
+/// Presence events that did not fit in one connection's queue, latest per user, and
+/// how many presence events are still in the queue (the backlog goes out after them).
+#[derive(Debug, Default)]
+pub struct PresenceBacklog(Mutex<Backlog>);
+
+#[derive(Debug, Default)]
+struct Backlog {
+    /// Presence events in the queue, not yet taken by the writer.
+    queued: usize,
+    /// The latest presence event per user that was held back.
+    held: HashMap<UserId, Utf8Bytes>,
+}
+
+impl PresenceBacklog {
+    /// Queues a presence event about `user` for the connection, or holds it back when
+    /// events are already held (to keep each user's events in order) or the queue is
+    /// half full. `true` when it was held back.
+    fn offer(&self, user: &UserId, tx: &mpsc::Sender<Outbound>, text: &Utf8Bytes) -> bool {
+        let mut backlog = self.0.lock();
+        if backlog.held.is_empty() && tx.capacity() > tx.max_capacity() / 2 {
+            let item = Outbound {
+                text: text.clone(),
+                seq: None,
+                presence: true,
+            };
+            match tx.try_send(item) {
+                Ok(()) => {
+                    backlog.queued += 1;
+                    return false;
+                }
+                Err(TrySendError::Closed(_)) => return false,
+                Err(TrySendError::Full(_)) => {}
+            }
+        }
+        backlog.held.insert(user.clone(), text.clone());
+        true
+    }
+
+    /// The writer took a presence event out of the queue.
+    pub fn taken(&self) {
+        let mut backlog = self.0.lock();
+        backlog.queued = backlog.queued.saturating_sub(1);
+    }
+
+    /// The held-back events, once no presence event is left in the queue before them.
+    pub fn take_due(&self) -> Vec<Utf8Bytes> {
+        let mut backlog = self.0.lock();
+        if backlog.queued != 0 || backlog.held.is_empty() {
+            return Vec::new();
+        }
+        backlog.held.drain().map(|(_, text)| text).collect()
+    }
 }
 
 /// Asks a connection to close with a code; the first code asked for wins.
@@ -60,6 +129,8 @@ pub struct ConnHandle {
     pub tx: mpsc::Sender<Outbound>,
     /// Closes the connection (too slow, removed from the chat).
     pub closer: Closer,
+    /// Presence events held back from the queue, shared with the connection's writer.
+    pub presence: Arc<PresenceBacklog>,
 }
 
 /// One chat's local connections.
@@ -182,19 +253,33 @@ impl EventSink for Rooms {
                     ServerEvent::TypingStart { .. } | ServerEvent::TypingStop { .. } => (None, true),
                     _ => (None, false),
                 };
+                let presence = match event {
+                    ServerEvent::PresenceJoin(user) | ServerEvent::PresenceLeave(user) => Some(&user.user_id),
+                    _ => None,
+                };
+                // Counted here and added once: one shared atomic per recipient would be
+                // contended by every fan-out of every chat.
+                let (mut sent, mut dropped) = (0, 0);
                 for conn in room.conns.values() {
                     if skip_user.as_ref() == Some(&conn.user) {
+                        continue;
+                    }
+                    if let Some(user) = presence {
+                        if conn.presence.offer(user, &conn.tx, &text) {
+                            dropped += 1;
+                        } else {
+                            sent += 1;
+                        }
                         continue;
                     }
                     match conn.tx.try_send(Outbound {
                         text: text.clone(),
                         seq,
+                        presence: false,
                     }) {
-                        Ok(()) => {
-                            self.metrics.messages_out.fetch_add(1, Relaxed);
-                        }
+                        Ok(()) => sent += 1,
                         Err(TrySendError::Full(_)) => {
-                            self.metrics.dropped.fetch_add(1, Relaxed);
+                            dropped += 1;
                             // Typing is a lease that the next refresh repairs; anything
                             // else would leave a gap, so the client resumes instead.
                             if !droppable {
@@ -203,6 +288,12 @@ impl EventSink for Rooms {
                         }
                         Err(TrySendError::Closed(_)) => {}
                     }
+                }
+                if sent != 0 {
+                    self.metrics.messages_out.fetch_add(sent, Relaxed);
+                }
+                if dropped != 0 {
+                    self.metrics.dropped.fetch_add(dropped, Relaxed);
                 }
             }
             ChatEvent::MemberRemoved { user_id } => {
@@ -221,7 +312,7 @@ impl EventSink for Rooms {
 
 #[cfg(test)]
 mod tests {
-    use hablar_protocol::events::{Message, Sender};
+    use hablar_protocol::events::{Message, PresenceUser, Sender};
     use hablar_protocol::MessageId;
 
     use super::*;
@@ -269,6 +360,7 @@ mod tests {
             user: UserId::new("alice").expect("id"),
             tx,
             closer,
+            presence: Arc::default(),
         };
         rooms.join(&backend, &chat, handle).await.expect("join");
 
@@ -286,6 +378,65 @@ mod tests {
         assert_eq!(rx.recv().await.and_then(|o| o.seq), Some(Seq(1)));
     }
 
+    fn presence(join: bool, user: &str) -> ChatEvent {
+        let user = PresenceUser {
+            user_id: UserId::new(user).expect("id"),
+            username: user.into(),
+        };
+        let event = if join {
+            ServerEvent::PresenceJoin(user)
+        } else {
+            ServerEvent::PresenceLeave(user)
+        };
+        ChatEvent::Broadcast {
+            event,
+            skip_user: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn presence_beyond_half_the_queue_is_held_back_latest_per_user_and_sent_after() {
+        let rooms = Arc::new(Rooms::new(Arc::default()));
+        let backend = MemoryBackend::new(rooms.clone(), 10);
+        let chat = ChatId::new("room").expect("chat");
+        let (tx, mut rx) = mpsc::channel(2);
+        let (closer, close_rx) = Closer::new();
+        let backlog = Arc::new(PresenceBacklog::default());
+        let handle = ConnHandle {
+            user: UserId::new("alice").expect("id"),
+            tx,
+            closer,
+            presence: backlog.clone(),
+        };
+        rooms.join(&backend, &chat, handle).await.expect("join");
+
+        rooms.deliver(&chat, &presence(true, "bob"));
+        rooms.deliver(&chat, &presence(true, "carol"));
+        rooms.deliver(&chat, &presence(true, "bob"));
+        rooms.deliver(&chat, &presence(false, "bob"));
+        // Half the queue is left for messages.
+        rooms.deliver(&chat, &message(1));
+        assert_eq!(
+            *close_rx.borrow(),
+            None,
+            "held-back presence is no reason to close"
+        );
+        assert!(
+            backlog.take_due().is_empty(),
+            "not before the queued presence_join"
+        );
+        let first = rx.recv().await.expect("queued");
+        assert!(first.presence && first.text.as_str().contains("presence_join"));
+        backlog.taken();
+        assert_eq!(rx.recv().await.and_then(|o| o.seq), Some(Seq(1)));
+        let mut held: Vec<String> = backlog.take_due().iter().map(|t| t.as_str().to_owned()).collect();
+        held.sort();
+        assert_eq!(held.len(), 2, "one per user: {held:?}");
+        assert!(held[0].contains("presence_join") && held[0].contains("carol"));
+        assert!(held[1].contains("presence_leave") && held[1].contains("bob"));
+        assert!(backlog.take_due().is_empty(), "sent once");
+    }
+
     #[tokio::test]
     async fn an_event_is_encoded_once_and_shared_by_every_queue() {
         let rooms = Arc::new(Rooms::new(Arc::default()));
@@ -298,6 +449,7 @@ mod tests {
                 user: UserId::new(user).expect("id"),
                 tx,
                 closer: Closer::new().0,
+                presence: Arc::default(),
             };
             rooms.join(&backend, &chat, handle).await.expect("join");
             receivers.push(rx);

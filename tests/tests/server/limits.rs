@@ -1,5 +1,6 @@
 //! Limits: frame size, rate, slow readers, idle connections.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hablar_protocol::events::ServerEvent;
@@ -13,6 +14,7 @@ backend_tests!(
     an_oversize_frame_closes_with_1009_while_others_keep_chatting,
     flooding_gets_rate_limited_then_closed_with_1008,
     a_client_that_does_not_read_is_closed_with_4408,
+    a_burst_of_joins_does_not_close_a_reading_client,
     an_idle_connection_is_pinged_and_closed_when_silent,
 );
 
@@ -124,6 +126,70 @@ async fn a_client_that_does_not_read_is_closed_with_4408(backend: Backend) {
         alice.recv_until(|e| matches!(e, ServerEvent::Pong { .. })).await,
         ServerEvent::Pong { .. }
     ));
+}
+
+/// The benchmark's bug: 1,000 members joining at once filled the early members' queues
+/// with `presence_join` and closed healthy readers with 4408. Here many more users than
+/// the queue holds join (and some leave) at once while alice reads normally: she stays,
+/// gets every message sent after, and her presence picture ends up right.
+async fn a_burst_of_joins_does_not_close_a_reading_client(backend: Backend) {
+    const USERS: usize = 120;
+    const LEAVERS: usize = 30;
+    const MESSAGES: usize = 5;
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.outbound_queue = 8;
+    })
+    .await;
+    let users: Vec<String> = (0..USERS).map(|i| format!("u{i}")).collect();
+    let mut members: Vec<&str> = users.iter().map(String::as_str).collect();
+    members.push("alice");
+    server.create_chat("room", &members).await;
+    let mut alice = server.join("room", "alice").await;
+
+    let joins = users.iter().map(|user| server.join("room", user));
+    let mut joined = futures_util::future::join_all(joins).await;
+    let leavers: Vec<Client> = joined.drain(..LEAVERS).collect();
+    futures_util::future::join_all(leavers.into_iter().map(Client::close)).await;
+    let sender = &mut joined[0];
+    for i in 0..MESSAGES {
+        sender
+            .send_json(&json!({"type": "new_message", "message": {"content": format!("m{i}")}}))
+            .await;
+    }
+
+    let mut expected: BTreeSet<String> = users[LEAVERS..].iter().cloned().collect();
+    expected.insert("alice".into());
+    let mut picture: BTreeSet<String> = BTreeSet::from(["alice".to_string()]);
+    let mut messages = Vec::new();
+    while messages.len() < MESSAGES || picture != expected {
+        let value = match alice.next_frame(Duration::from_secs(5)).await {
+            Some(Frame::Json(value)) => value,
+            other => panic!(
+                "alice got {other:?} after {} messages; presence {} of {} right",
+                messages.len(),
+                picture.intersection(&expected).count(),
+                expected.len(),
+            ),
+        };
+        let event = hablar_protocol::events::parse_server(&value.to_string()).expect("event");
+        match event {
+            ServerEvent::PresenceJoin(user) => {
+                picture.insert(user.user_id.to_string());
+            }
+            ServerEvent::PresenceLeave(user) => {
+                picture.remove(&user.user_id.to_string());
+            }
+            ServerEvent::NewMessage { message } => messages.push(message.content),
+            _ => {}
+        }
+    }
+    let sent: Vec<String> = (0..MESSAGES).map(|i| format!("m{i}")).collect();
+    assert_eq!(messages, sent, "every message, in order");
+    assert_eq!(
+        server.metric("hablar_closes_total{code=\"4408\"}").await,
+        0.0,
+        "nobody was closed as too slow"
+    );
 }
 
 async fn an_idle_connection_is_pinged_and_closed_when_silent(backend: Backend) {
