@@ -25,7 +25,8 @@ pub struct Metrics {
     pub messages_out: AtomicU64,
     /// Messages stored.
     pub messages_stored: AtomicU64,
-    /// Frames dropped because a connection's queue was full (typing only).
+    /// Frames not queued because a connection's queue was full: typing events dropped, and
+    /// presence events held back (the latest per user is sent once the queue drains).
     pub dropped: AtomicU64,
     /// Closes by code, in `CLOSE_CODES` order, then `other`.
     closes: [AtomicU64; CLOSE_CODES.len() + 1],
@@ -97,7 +98,7 @@ impl Metrics {
         metric(
             "hablar_dropped_total",
             "counter",
-            "Frames dropped for a full connection queue.",
+            "Frames dropped (typing) or held back (presence) for a full connection queue.",
             self.dropped.load(Relaxed).to_string(),
         );
         let _ = writeln!(
