@@ -20,6 +20,7 @@
 //! The key schema is in [`Keys`] and documented in `notes/README-redis.md`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash as _, Hasher as _};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -247,12 +248,34 @@ struct Inner {
     pubsub: tokio::sync::Mutex<Option<PubSubSink>>,
     /// Local connection counts per (chat, user): Redis holds one lease per instance.
     presence: Mutex<HashMap<(ChatId, UserId), LocalPresence>>,
-    /// Orders this instance's presence joins and leaves, so that a leave's ZREM never
-    /// overtakes a later join's ZADD.
-    presence_order: tokio::sync::Mutex<()>,
+    /// Orders this instance's presence joins and leaves of one (chat, user), so that a
+    /// leave's ZREM never overtakes a later join's ZADD of the same entry (a script may be
+    /// sent twice: EVALSHA, then EVAL on NOSCRIPT). Striped: see [`Inner::presence_order`].
+    presence_order: Box<[tokio::sync::Mutex<()>]>,
     /// Pre-built halves of a `new_message` [`ChatEvent`] around the message JSON.
     event_prefix: String,
     event_suffix: String,
+}
+
+/// Stripes of [`Inner::presence_order`]: enough that connections of different users
+/// rarely wait for each other's round trip, few enough to allocate up front.
+const PRESENCE_ORDER_STRIPES: usize = 256;
+
+impl Inner {
+    /// The lock that orders this instance's presence joins and leaves of `user` in `chat`.
+    ///
+    /// Only the same (chat, user) needs ordering: its local count and its one lease
+    /// `{instance}:{user}` go together, while the scripts of different users touch
+    /// different entries and each is atomic in Redis. A single lock for all of them made
+    /// every connect and close of the instance wait its turn for one Redis round trip.
+    /// A collision only makes two unrelated users wait for each other, as before.
+    fn presence_order(&self, chat: &ChatId, user: &UserId) -> &tokio::sync::Mutex<()> {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (chat, user).hash(&mut hasher);
+        // The remainder is below the stripe count, so it fits a usize.
+        let stripe = (hasher.finish() % self.presence_order.len() as u64) as usize;
+        &self.presence_order[stripe]
+    }
 }
 
 /// The Redis store and broker.
@@ -402,7 +425,9 @@ impl RedisBackend {
             subscribed: Mutex::default(),
             pubsub: tokio::sync::Mutex::new(None),
             presence: Mutex::default(),
-            presence_order: tokio::sync::Mutex::new(()),
+            presence_order: (0..PRESENCE_ORDER_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             event_prefix,
             event_suffix,
             opts,
@@ -728,7 +753,7 @@ impl Backend for RedisBackend {
 
     async fn presence_join(&self, chat: &ChatId, user: &PresenceUser) -> Result<PresenceJoined> {
         let inner = &self.inner;
-        let _order = inner.presence_order.lock().await;
+        let _order = inner.presence_order(chat, &user.user_id).lock().await;
         let key = (chat.clone(), user.user_id.clone());
         let local_first = {
             let mut local = inner.presence.lock();
@@ -778,7 +803,7 @@ impl Backend for RedisBackend {
 
     async fn presence_leave(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
         let inner = &self.inner;
-        let _order = inner.presence_order.lock().await;
+        let _order = inner.presence_order(chat, user).lock().await;
         let key = (chat.clone(), user.clone());
         {
             let mut local = inner.presence.lock();
