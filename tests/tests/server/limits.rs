@@ -135,7 +135,11 @@ async fn a_client_that_does_not_read_is_closed_with_4408(backend: Backend) {
 async fn a_burst_of_joins_does_not_close_a_reading_client(backend: Backend) {
     const USERS: usize = 120;
     const LEAVERS: usize = 30;
-    const MESSAGES: usize = 5;
+    // Presence may take at most half of a queue (4 of 8 here), so 3 messages fit beside
+    // it even when a connection's writer task does not run at all during the test (as on
+    // a loaded CI machine). With more, a starved writer would rightly be closed as too
+    // slow, which is the other test's case, not this one's.
+    const MESSAGES: usize = 3;
     let server = TestServer::start_with(backend, |c| {
         c.limits.outbound_queue = 8;
     })
