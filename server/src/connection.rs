@@ -524,35 +524,22 @@ async fn handle_text(
     let chat = &admitted.chat;
     let backend = &app.backend;
     let published = match event {
-        ClientEvent::TypingStart => {
-            session.typing = true;
-            let event = ServerEvent::TypingStart {
-                user_id: me.user_id.clone(),
-                username: me.username.clone(),
+        ClientEvent::TypingStart | ClientEvent::TypingStop => {
+            session.typing = matches!(event, ClientEvent::TypingStart);
+            let event = if session.typing {
+                ServerEvent::TypingStart {
+                    user_id: me.user_id.clone(),
+                    username: me.username.clone(),
+                }
+            } else {
+                ServerEvent::TypingStop {
+                    user_id: me.user_id.clone(),
+                }
             };
+            // A user's own typing is not echoed to their own tabs.
+            let skip_user = Some(me.user_id.clone());
             backend
-                .publish(
-                    chat,
-                    ChatEvent::Broadcast {
-                        event,
-                        skip_user: Some(me.user_id.clone()),
-                    },
-                )
-                .await
-        }
-        ClientEvent::TypingStop => {
-            session.typing = false;
-            let event = ServerEvent::TypingStop {
-                user_id: me.user_id.clone(),
-            };
-            backend
-                .publish(
-                    chat,
-                    ChatEvent::Broadcast {
-                        event,
-                        skip_user: Some(me.user_id.clone()),
-                    },
-                )
+                .publish(chat, ChatEvent::Broadcast { event, skip_user })
                 .await
         }
         ClientEvent::NewMessage { message } => {
