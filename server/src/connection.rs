@@ -15,11 +15,15 @@ use hablar_protocol::events::{
 };
 use hablar_protocol::{ChatId, ClientId, CloseCode, Epoch, ErrorCode, Seq};
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+
+use tokio::sync::{oneshot, watch};
 
 use crate::backend::{ChatEvent, NewMessage, Replay};
 use crate::limits::{ConnectionSlot, RateDecision, RateLimiter};
-use crate::rooms::{Closer, ConnHandle, Outbound, PresenceBacklog};
+use crate::outbox::{Next, Outbound, Outbox};
+use crate::rooms::{Closer, ConnHandle};
 use crate::AppState;
 
 /// The handshake's query string, read leniently: a malformed `since` or `epoch` means
@@ -86,14 +90,12 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
     tracing::info!(chat = %admitted.chat, user = %user, "connected");
 
     let limits = &app.config.limits;
-    let (tx, rx) = mpsc::channel(limits.outbound_queue);
+    let outbox = Arc::new(Outbox::new(limits.outbound_queue));
     let (closer, close_rx) = Closer::new();
-    let backlog = Arc::new(PresenceBacklog::default());
     let handle = ConnHandle {
         user: user.clone(),
-        tx: tx.clone(),
+        outbox: outbox.clone(),
         closer,
-        presence: backlog.clone(),
     };
     let chat = admitted.chat.clone();
     let conn_id = match app.rooms.join(&*app.backend, &chat, handle).await {
@@ -121,9 +123,7 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
         Halves {
             sink,
             stream,
-            rx,
-            tx,
-            backlog,
+            outbox,
             session: Session {
                 typing: false,
                 limiter: RateLimiter::new(
@@ -164,9 +164,7 @@ async fn live(
     let Halves {
         mut sink,
         mut stream,
-        rx,
-        tx,
-        backlog,
+        outbox,
         session,
     } = halves;
     match start(&app, &admitted, &query, &mut sink).await {
@@ -178,9 +176,7 @@ async fn live(
             let halves = Halves {
                 sink,
                 stream,
-                rx,
-                tx,
-                backlog,
+                outbox,
                 session,
             };
             drive(&app, &admitted, halves, close_rx, delivered).await
@@ -192,11 +188,9 @@ async fn live(
 struct Halves {
     sink: SplitSink<WebSocket, WsMessage>,
     stream: SplitStream<WebSocket>,
-    rx: mpsc::Receiver<Outbound>,
-    /// For the reader's direct answers (errors, pongs, duplicate echoes).
-    tx: mpsc::Sender<Outbound>,
-    /// Presence events the hub held back from `rx`, for the writer.
-    backlog: Arc<PresenceBacklog>,
+    /// What the hub fans out to the connection and the reader's direct answers (errors,
+    /// pongs, duplicate echoes); the writer's stop and ping signals.
+    outbox: Arc<Outbox>,
     session: Session,
 }
 
@@ -213,60 +207,67 @@ async fn drive(
     let Halves {
         mut sink,
         mut stream,
-        mut rx,
-        tx,
-        backlog,
+        outbox,
         mut session,
     } = halves;
     // Each task stops at once when told and hands its half back, so that the close
     // frame can be written and the client's reply read.
     let (stop_reader, reader_stopped) = oneshot::channel::<()>();
-    let (stop_writer, writer_stopped) = oneshot::channel::<()>();
     let mut reader = tokio::spawn({
-        let (app, admitted) = (app.clone(), admitted.clone());
+        let (app, admitted, outbox) = (app.clone(), admitted.clone(), outbox.clone());
         async move {
             let end = tokio::select! {
-                end = read_loop(&app, &admitted, &mut stream, &mut session, &tx) => Some(end),
+                end = read_loop(&app, &admitted, &mut stream, &mut session, &outbox) => Some(end),
                 _ = reader_stopped => None,
             };
             (end, stream, session)
         }
     });
-    let ping_every = app.config.limits.ping_interval();
-    let mut writer = tokio::spawn(async move {
-        let end = tokio::select! {
-            end = write_loop(&mut sink, &mut rx, &backlog, delivered, ping_every) => Some(end),
-            _ = writer_stopped => None,
-        };
-        (end, sink, rx)
+    let mut writer = tokio::spawn({
+        let outbox = outbox.clone();
+        async move {
+            let end = write_loop(&mut sink, &outbox, delivered).await;
+            // Nothing pushed from now on would be written.
+            outbox.close();
+            (end, sink)
+        }
     });
 
-    let token_expiry = deadline(admitted.exp, app.config.jwt_leeway_secs);
+    // The writer waits on its outbox alone; the keep-alive ping is asked for from here,
+    // so that a fan-out wakes the writer for the frames and nothing else.
+    let ping_every = app.config.limits.ping_interval();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let token_expiry = tokio::time::sleep_until(deadline(admitted.exp, app.config.jwt_leeway_secs));
+    tokio::pin!(token_expiry);
     let mut shutdown = app.shutdown.clone();
     let server_error = End::Close(CloseCode::ServerError);
     let mut reader_out = None;
     let mut writer_out = None;
-    let end = tokio::select! {
-        out = &mut reader => {
-            let out = out.ok();
-            let end = out.as_ref().and_then(|(end, ..)| *end).unwrap_or(server_error);
-            reader_out = Some(out);
-            end
+    let end = loop {
+        tokio::select! {
+            out = &mut reader => {
+                let out = out.ok();
+                let end = out.as_ref().and_then(|(end, ..)| *end).unwrap_or(server_error);
+                reader_out = Some(out);
+                break end;
+            }
+            out = &mut writer => {
+                let out = out.ok();
+                let end = out.as_ref().and_then(|(end, _)| *end).unwrap_or(server_error);
+                writer_out = Some(out);
+                break end;
+            }
+            code = close_rx.wait_for(Option::is_some) => {
+                break End::Close(code.ok().and_then(|c| *c).unwrap_or(CloseCode::ServerError));
+            }
+            _ = shutdown.wait_for(|stop| *stop) => break End::Close(CloseCode::Restart),
+            () = &mut token_expiry => break End::Close(CloseCode::Unauthorized),
+            _ = ping.tick() => outbox.ping(),
         }
-        out = &mut writer => {
-            let out = out.ok();
-            let end = out.as_ref().and_then(|(end, ..)| *end).unwrap_or(server_error);
-            writer_out = Some(out);
-            end
-        }
-        code = close_rx.wait_for(Option::is_some) => {
-            End::Close(code.ok().and_then(|c| *c).unwrap_or(CloseCode::ServerError))
-        }
-        _ = shutdown.wait_for(|stop| *stop) => End::Close(CloseCode::Restart),
-        _ = tokio::time::sleep_until(token_expiry) => End::Close(CloseCode::Unauthorized),
     };
     let _ = stop_reader.send(());
-    let _ = stop_writer.send(());
+    outbox.stop();
     let reader_out = match reader_out {
         Some(out) => out,
         None => reader.await.ok(),
@@ -276,9 +277,9 @@ async fn drive(
         None => writer.await.ok(),
     };
     match (reader_out, writer_out) {
-        (Some((_, mut stream, session)), Some((_, mut sink, mut rx))) => {
+        (Some((_, mut stream, session)), Some((_, mut sink))) => {
             // Graceful shutdown finishes what was queued before the 1012.
-            let flush_first = (end == End::Close(CloseCode::Restart)).then_some(&mut rx);
+            let flush_first = (end == End::Close(CloseCode::Restart)).then_some(&*outbox);
             finish(app, &mut sink, &mut stream, end, flush_first).await;
             (end, session.typing)
         }
@@ -429,7 +430,7 @@ async fn read_loop(
     admitted: &Admitted,
     stream: &mut SplitStream<WebSocket>,
     session: &mut Session,
-    tx: &mpsc::Sender<Outbound>,
+    tx: &Outbox,
 ) -> End {
     let idle = app.config.limits.idle_timeout();
     loop {
@@ -490,7 +491,7 @@ fn read_error(err: &axum::Error) -> End {
 /// Takes a token from the connection's bucket: `Ok(true)` to handle the frame,
 /// `Ok(false)` when it is dropped (answered with `rate_limited`), `Err` to close for
 /// repeated abuse.
-fn rate_limit(admitted: &Admitted, session: &mut Session, tx: &mpsc::Sender<Outbound>) -> Result<bool, End> {
+fn rate_limit(admitted: &Admitted, session: &mut Session, tx: &Outbox) -> Result<bool, End> {
     match session.limiter.check(Instant::now()) {
         RateDecision::Allow => Ok(true),
         RateDecision::Limited => {
@@ -510,7 +511,7 @@ async fn handle_text(
     app: &AppState,
     admitted: &Admitted,
     session: &mut Session,
-    tx: &mpsc::Sender<Outbound>,
+    tx: &Outbox,
     text: &str,
 ) -> Option<End> {
     let event = match parse_client(text) {
@@ -615,16 +616,15 @@ fn client_id_of(text: &str) -> Option<ClientId> {
 }
 
 /// Queues a direct answer for this connection only.
-fn reply(tx: &mpsc::Sender<Outbound>, event: &ServerEvent) {
+fn reply(tx: &Outbox, event: &ServerEvent) {
     // A full queue means the hub is about to close this connection as too slow.
-    let _ = tx.try_send(Outbound {
+    let _ = tx.push(Outbound {
         text: Utf8Bytes::from(encode(event)),
         seq: None,
-        presence: false,
     });
 }
 
-fn reply_error(tx: &mpsc::Sender<Outbound>, code: ErrorCode, detail: String, client_id: Option<ClientId>) {
+fn reply_error(tx: &Outbox, code: ErrorCode, detail: String, client_id: Option<ClientId>) {
     reply(
         tx,
         &ServerEvent::Error(ErrorEvent {
@@ -635,59 +635,46 @@ fn reply_error(tx: &mpsc::Sender<Outbound>, code: ErrorCode, detail: String, cli
     );
 }
 
-/// Writes queued frames in batches (feed, then one flush), then any presence events the
-/// hub held back once those queued before them are out, and pings the client.
+/// Writes what the outbox hands over in batches (feed, then one flush), and the
+/// keep-alive pings it asks for. Returns `None` when told to stop.
 async fn write_loop(
     sink: &mut SplitSink<WebSocket, WsMessage>,
-    rx: &mut mpsc::Receiver<Outbound>,
-    backlog: &PresenceBacklog,
+    outbox: &Outbox,
     delivered: Seq,
-    ping_every: Duration,
-) -> End {
-    const BATCH: usize = 64;
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+) -> Option<End> {
+    let mut batch = VecDeque::new();
     loop {
-        tokio::select! {
-            item = rx.recv() => {
-                let Some(first) = item else {
-                    return End::Close(CloseCode::ServerError);
-                };
-                let mut batch = Vec::with_capacity(8);
-                batch.push(first);
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(item) => batch.push(item),
-                        Err(_) => break,
-                    }
-                }
-                let write = async {
-                    for item in batch {
-                        if item.presence {
-                            backlog.taken();
-                        }
-                        // The replay already sent messages up to `delivered`.
-                        if item.seq.is_some_and(|seq| seq <= delivered) {
-                            continue;
-                        }
-                        sink.feed(WsMessage::Text(item.text)).await?;
-                    }
-                    // The hub holds presence back only while the queue is half full, so
-                    // there is always a later batch that gets here to send it.
-                    for text in backlog.take_due() {
-                        sink.feed(WsMessage::Text(text)).await?;
-                    }
-                    sink.flush().await
-                };
-                if write.await.is_err() {
-                    return End::Gone;
-                }
+        let ping = match poll_fn(|cx| outbox.poll_next(cx, &mut batch)).await {
+            Next::Stop => return None,
+            Next::Write { ping } => ping,
+        };
+        let write = async {
+            if ping {
+                sink.feed(WsMessage::Ping(Default::default())).await?;
             }
-            _ = ping.tick() => {
-                if sink.send(WsMessage::Ping(Default::default())).await.is_err() {
-                    return End::Gone;
+            for item in batch.drain(..) {
+                // The replay already sent messages up to `delivered`.
+                if item.seq.is_some_and(|seq| seq <= delivered) {
+                    continue;
                 }
+                sink.feed(WsMessage::Text(item.text)).await?;
             }
+            sink.flush().await
+        };
+        // A client that stopped reading blocks the write for good: stopping must still
+        // get the socket back, to close it.
+        let written = tokio::select! {
+            biased;
+            written = write => written,
+            () = poll_fn(|cx| outbox.poll_stop(cx)) => return None,
+        };
+        if written.is_err() {
+            return Some(End::Gone);
+        }
+        // A burst grew the batch; an idle connection should not keep that memory.
+        batch.clear();
+        if batch.capacity() > 64 {
+            batch.shrink_to(16);
         }
     }
 }
@@ -699,7 +686,7 @@ async fn finish(
     sink: &mut SplitSink<WebSocket, WsMessage>,
     stream: &mut SplitStream<WebSocket>,
     end: End,
-    flush_first: Option<&mut mpsc::Receiver<Outbound>>,
+    flush_first: Option<&Outbox>,
 ) {
     let code = match end {
         End::Close(code) => code,
@@ -717,8 +704,10 @@ async fn finish(
     };
     app.metrics.close(code);
     let close = async {
-        if let Some(rx) = flush_first {
-            while let Ok(item) = rx.try_recv() {
+        if let Some(outbox) = flush_first {
+            let mut batch = VecDeque::new();
+            outbox.take(&mut batch);
+            for item in batch {
                 sink.feed(WsMessage::Text(item.text)).await?;
             }
         }

@@ -29,6 +29,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod origin;
+pub mod outbox;
 pub mod rooms;
 
 use std::future::Future;

@@ -1,16 +1,16 @@
 //! The local hub: which connections of this instance are in which chat, and the fan-out
 //! of a chat's events to them. Each event is encoded once per fan-out and shared by all
-//! queues (`Utf8Bytes` is reference-counted); each connection's queue is bounded and
-//! filled with `try_send`, so one slow reader never holds up the others.
+//! queues (`Utf8Bytes` is reference-counted); each connection's [`Outbox`] is bounded
+//! and pushes never wait, so one slow reader never holds up the others.
 //!
 //! What a full queue means depends on the event. A `new_message` that does not fit
 //! closes the connection with 4408 (its client resumes with `since`): messages are never
 //! dropped. Typing is a lease that the next refresh repairs, so it is dropped. Presence
 //! is neither: a burst of joins (1,000 members connecting at once) must not close healthy
 //! readers, yet a dropped `presence_join` would leave a wrong online list for good. So a
-//! presence event that does not fit goes to the connection's [`PresenceBacklog`] instead,
-//! coalesced per user (the latest event wins), and the writer sends the backlog once
-//! every presence event queued before it is written. The SDK keeps presence as a set
+//! presence event that does not fit is held back by the connection's [`Outbox`] instead,
+//! coalesced per user (the latest event wins), and the writer sends it right after the
+//! frames queued before it. The SDK keeps presence as a set
 //! keyed by user id (a join of a known user and a leave of an unknown one change
 //! nothing), so the latest event per user, in order after the earlier ones, leaves the
 //! client with the true online set. Presence only takes up to half of the queue, so a
@@ -22,80 +22,14 @@ use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 use hablar_protocol::events::{encode, ServerEvent};
-use hablar_protocol::{ChatId, CloseCode, Seq, UserId};
-use parking_lot::{Mutex, RwLock};
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, watch};
+use hablar_protocol::{ChatId, CloseCode, UserId};
+use parking_lot::RwLock;
+use tokio::sync::watch;
 
 use crate::backend::{Backend, ChatEvent, EventSink};
 use crate::error::Result;
 use crate::metrics::Metrics;
-
-/// One frame queued for a connection.
-#[derive(Debug, Clone)]
-pub struct Outbound {
-    /// The encoded event, shared by every connection it goes to.
-    pub text: Utf8Bytes,
-    /// The message's seq for `new_message` from the fan-out, so that a resuming
-    /// connection can drop what its replay already sent. `None` for direct answers.
-    pub seq: Option<Seq>,
-    /// A presence event, counted in the connection's [`PresenceBacklog`] until written.
-    pub presence: bool,
-}
-
-/// Presence events that did not fit in one connection's queue, latest per user, and
-/// how many presence events are still in the queue (the backlog goes out after them).
-#[derive(Debug, Default)]
-pub struct PresenceBacklog(Mutex<Backlog>);
-
-#[derive(Debug, Default)]
-struct Backlog {
-    /// Presence events in the queue, not yet taken by the writer.
-    queued: usize,
-    /// The latest presence event per user that was held back.
-    held: HashMap<UserId, Utf8Bytes>,
-}
-
-impl PresenceBacklog {
-    /// Queues a presence event about `user` for the connection, or holds it back when
-    /// events are already held (to keep each user's events in order) or the queue is
-    /// half full. `true` when it was held back.
-    fn offer(&self, user: &UserId, tx: &mpsc::Sender<Outbound>, text: &Utf8Bytes) -> bool {
-        let mut backlog = self.0.lock();
-        if backlog.held.is_empty() && tx.capacity() > tx.max_capacity() / 2 {
-            let item = Outbound {
-                text: text.clone(),
-                seq: None,
-                presence: true,
-            };
-            match tx.try_send(item) {
-                Ok(()) => {
-                    backlog.queued += 1;
-                    return false;
-                }
-                Err(TrySendError::Closed(_)) => return false,
-                Err(TrySendError::Full(_)) => {}
-            }
-        }
-        backlog.held.insert(user.clone(), text.clone());
-        true
-    }
-
-    /// The writer took a presence event out of the queue.
-    pub fn taken(&self) {
-        let mut backlog = self.0.lock();
-        backlog.queued = backlog.queued.saturating_sub(1);
-    }
-
-    /// The held-back events, once no presence event is left in the queue before them.
-    pub fn take_due(&self) -> Vec<Utf8Bytes> {
-        let mut backlog = self.0.lock();
-        if backlog.queued != 0 || backlog.held.is_empty() {
-            return Vec::new();
-        }
-        backlog.held.drain().map(|(_, text)| text).collect()
-    }
-}
+use crate::outbox::{Outbound, Outbox, PresencePush, Refused};
 
 /// Asks a connection to close with a code; the first code asked for wins.
 #[derive(Debug, Clone)]
@@ -126,11 +60,9 @@ pub struct ConnHandle {
     /// Whose connection it is (to skip a user's own typing, to close a removed member).
     pub user: UserId,
     /// The connection's bounded queue.
-    pub tx: mpsc::Sender<Outbound>,
+    pub outbox: Arc<Outbox>,
     /// Closes the connection (too slow, removed from the chat).
     pub closer: Closer,
-    /// Presence events held back from the queue, shared with the connection's writer.
-    pub presence: Arc<PresenceBacklog>,
 }
 
 /// One chat's local connections.
@@ -265,20 +197,19 @@ impl EventSink for Rooms {
                         continue;
                     }
                     if let Some(user) = presence {
-                        if conn.presence.offer(user, &conn.tx, &text) {
-                            dropped += 1;
-                        } else {
-                            sent += 1;
+                        match conn.outbox.push_presence(user, &text) {
+                            PresencePush::Queued => sent += 1,
+                            PresencePush::Held => dropped += 1,
+                            PresencePush::Closed => {}
                         }
                         continue;
                     }
-                    match conn.tx.try_send(Outbound {
+                    match conn.outbox.push(Outbound {
                         text: text.clone(),
                         seq,
-                        presence: false,
                     }) {
                         Ok(()) => sent += 1,
-                        Err(TrySendError::Full(_)) => {
+                        Err(Refused::Full) => {
                             dropped += 1;
                             // Typing is a lease that the next refresh repairs; anything
                             // else would leave a gap, so the client resumes instead.
@@ -286,7 +217,7 @@ impl EventSink for Rooms {
                                 conn.closer.close(CloseCode::TooSlow);
                             }
                         }
-                        Err(TrySendError::Closed(_)) => {}
+                        Err(Refused::Closed) => {}
                     }
                 }
                 if sent != 0 {
@@ -312,8 +243,10 @@ impl EventSink for Rooms {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+
     use hablar_protocol::events::{Message, PresenceUser, Sender};
-    use hablar_protocol::MessageId;
+    use hablar_protocol::{MessageId, Seq};
 
     use super::*;
     use crate::backend::MemoryBackend;
@@ -348,21 +281,38 @@ mod tests {
         }
     }
 
+    /// Joins one connection of `user` with a queue of `capacity` to the chat "room".
+    async fn joined(
+        rooms: &Rooms,
+        backend: &MemoryBackend,
+        user: &str,
+        capacity: usize,
+        closer: Closer,
+    ) -> ConnHandle {
+        let chat = ChatId::new("room").expect("chat");
+        let handle = ConnHandle {
+            user: UserId::new(user).expect("id"),
+            outbox: Arc::new(Outbox::new(capacity)),
+            closer,
+        };
+        rooms.join(backend, &chat, handle.clone()).await.expect("join");
+        handle
+    }
+
+    fn taken(handle: &ConnHandle) -> Vec<Outbound> {
+        let mut batch = VecDeque::new();
+        handle.outbox.take(&mut batch);
+        batch.into()
+    }
+
     #[tokio::test]
     async fn a_full_queue_drops_typing_but_closes_on_a_message() {
         let metrics = Arc::new(Metrics::default());
         let rooms = Arc::new(Rooms::new(metrics.clone()));
         let backend = MemoryBackend::new(rooms.clone(), 10);
         let chat = ChatId::new("room").expect("chat");
-        let (tx, mut rx) = mpsc::channel(2);
         let (closer, close_rx) = Closer::new();
-        let handle = ConnHandle {
-            user: UserId::new("alice").expect("id"),
-            tx,
-            closer,
-            presence: Arc::default(),
-        };
-        rooms.join(&backend, &chat, handle).await.expect("join");
+        let handle = joined(&rooms, &backend, "alice", 2, closer).await;
 
         rooms.deliver(&chat, &message(1));
         rooms.deliver(&chat, &typing("bob"));
@@ -375,7 +325,7 @@ mod tests {
         assert_eq!(metrics.dropped.load(Relaxed), 1);
         rooms.deliver(&chat, &message(2));
         assert_eq!(*close_rx.borrow(), Some(CloseCode::TooSlow));
-        assert_eq!(rx.recv().await.and_then(|o| o.seq), Some(Seq(1)));
+        assert_eq!(taken(&handle)[0].seq, Some(Seq(1)));
     }
 
     fn presence(join: bool, user: &str) -> ChatEvent {
@@ -395,20 +345,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn presence_beyond_half_the_queue_is_held_back_latest_per_user_and_sent_after() {
-        let rooms = Arc::new(Rooms::new(Arc::default()));
+    async fn presence_beyond_half_the_queue_is_held_back_not_closed_and_sent_after() {
+        let metrics = Arc::new(Metrics::default());
+        let rooms = Arc::new(Rooms::new(metrics.clone()));
         let backend = MemoryBackend::new(rooms.clone(), 10);
         let chat = ChatId::new("room").expect("chat");
-        let (tx, mut rx) = mpsc::channel(2);
         let (closer, close_rx) = Closer::new();
-        let backlog = Arc::new(PresenceBacklog::default());
-        let handle = ConnHandle {
-            user: UserId::new("alice").expect("id"),
-            tx,
-            closer,
-            presence: backlog.clone(),
-        };
-        rooms.join(&backend, &chat, handle).await.expect("join");
+        let handle = joined(&rooms, &backend, "alice", 2, closer).await;
 
         rooms.deliver(&chat, &presence(true, "bob"));
         rooms.deliver(&chat, &presence(true, "carol"));
@@ -421,20 +364,15 @@ mod tests {
             None,
             "held-back presence is no reason to close"
         );
-        assert!(
-            backlog.take_due().is_empty(),
-            "not before the queued presence_join"
-        );
-        let first = rx.recv().await.expect("queued");
-        assert!(first.presence && first.text.as_str().contains("presence_join"));
-        backlog.taken();
-        assert_eq!(rx.recv().await.and_then(|o| o.seq), Some(Seq(1)));
-        let mut held: Vec<String> = backlog.take_due().iter().map(|t| t.as_str().to_owned()).collect();
-        held.sort();
+        assert_eq!(metrics.dropped.load(Relaxed), 3, "held back counts as dropped");
+        let got = taken(&handle);
+        assert!(got[0].text.as_str().contains("presence_join") && got[0].text.as_str().contains("bob"));
+        assert_eq!(got[1].seq, Some(Seq(1)));
+        let mut held: Vec<&str> = got[2..].iter().map(|o| o.text.as_str()).collect();
+        held.sort_unstable();
         assert_eq!(held.len(), 2, "one per user: {held:?}");
         assert!(held[0].contains("presence_join") && held[0].contains("carol"));
         assert!(held[1].contains("presence_leave") && held[1].contains("bob"));
-        assert!(backlog.take_due().is_empty(), "sent once");
     }
 
     #[tokio::test]
@@ -442,21 +380,11 @@ mod tests {
         let rooms = Arc::new(Rooms::new(Arc::default()));
         let backend = MemoryBackend::new(rooms.clone(), 10);
         let chat = ChatId::new("room").expect("chat");
-        let mut receivers = Vec::new();
-        for user in ["alice", "bob"] {
-            let (tx, rx) = mpsc::channel(4);
-            let handle = ConnHandle {
-                user: UserId::new(user).expect("id"),
-                tx,
-                closer: Closer::new().0,
-                presence: Arc::default(),
-            };
-            rooms.join(&backend, &chat, handle).await.expect("join");
-            receivers.push(rx);
-        }
+        let alice = joined(&rooms, &backend, "alice", 4, Closer::new().0).await;
+        let bob = joined(&rooms, &backend, "bob", 4, Closer::new().0).await;
         rooms.deliver(&chat, &message(1));
-        let a = receivers[0].recv().await.expect("frame").text;
-        let b = receivers[1].recv().await.expect("frame").text;
+        let a = taken(&alice)[0].text.clone();
+        let b = taken(&bob)[0].text.clone();
         assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr(), "one buffer, two queues");
     }
 }

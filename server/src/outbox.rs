@@ -1,0 +1,348 @@
+//! A connection's outbound queue: what the hub fans out to it, the reader's direct
+//! answers, and the signals for its writer (ping, stop), behind one lock.
+//!
+//! It replaces a bounded `mpsc` channel plus a stop `oneshot`, a ping timer and a
+//! presence backlog, each polled by the writer on every wake-up. A fan-out to 1,000
+//! members pushes 1,000 times; each push here is one uncontended lock, a `VecDeque`
+//! push and, only if the writer is asleep, one wake-up (pushes that find the writer
+//! already woken do not wake it again). The writer takes everything queued in one swap
+//! and writes it with one flush.
+//!
+//! It is bounded like the channel it replaces: a push beyond `capacity` is refused with
+//! [`Refused::Full`] and the hub decides what that means (see `rooms.rs`). Presence
+//! that does not fit in half the queue is held back, latest per user, and goes out right
+//! after the frames queued before it (see [`Outbox::push_presence`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::task::{Context, Poll, Waker};
+
+use axum::extract::ws::Utf8Bytes;
+use hablar_protocol::{Seq, UserId};
+use parking_lot::Mutex;
+
+/// One frame queued for a connection.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The encoded event, shared by every connection it goes to.
+    pub text: Utf8Bytes,
+    /// The message's seq for `new_message` from the fan-out, so that a resuming
+    /// connection can drop what its replay already sent. `None` for anything else.
+    pub seq: Option<Seq>,
+}
+
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `capacity` frames are waiting: the reader is too slow.
+    Full,
+    /// The connection's writer is gone.
+    Closed,
+}
+
+/// What became of a presence event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresencePush {
+    /// Queued like any frame.
+    Queued,
+    /// Held back (coalesced per user) until the writer takes the queue.
+    Held,
+    /// The connection's writer is gone.
+    Closed,
+}
+
+/// What the writer is to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Write the batch it was handed (which may be empty), after a ping if `ping`.
+    Write {
+        /// A keep-alive ping is due.
+        ping: bool,
+    },
+    /// Stop and hand the socket back.
+    Stop,
+}
+
+/// A connection's outbound queue. Shared (`Arc`) by the hub, the reader, the writer and
+/// the task that supervises the connection.
+#[derive(Debug)]
+pub struct Outbox {
+    capacity: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Outbound>,
+    /// Presence events held back, the latest per user.
+    held: HashMap<UserId, Utf8Bytes>,
+    /// The writer's waker while it waits; taken by the push that wakes it.
+    waker: Option<Waker>,
+    /// The writer is gone: pushes are refused.
+    closed: bool,
+    /// The writer is asked to stop.
+    stop: bool,
+    /// A keep-alive ping is due.
+    ping: bool,
+}
+
+impl State {
+    /// Takes the writer's waker if anything wakes it now.
+    fn wake(&mut self) -> Option<Waker> {
+        self.waker.take()
+    }
+
+    /// Registers the writer's waker (without a clone when it is already the same).
+    fn register(&mut self, cx: &Context<'_>) {
+        match &self.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => self.waker = Some(cx.waker().clone()),
+        }
+    }
+}
+
+impl Outbox {
+    /// An empty queue that holds up to `capacity` frames (at least 1). Allocates
+    /// nothing until the first push: an idle connection costs only this struct.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            state: Mutex::default(),
+        }
+    }
+
+    /// Queues a frame.
+    pub fn push(&self, item: Outbound) -> Result<(), Refused> {
+        let mut state = self.state.lock();
+        if state.closed {
+            return Err(Refused::Closed);
+        }
+        if state.queue.len() >= self.capacity {
+            return Err(Refused::Full);
+        }
+        state.queue.push_back(item);
+        let waker = state.wake();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Queues a presence event about `user`, or holds it back when presence is already
+    /// held (so that each user's events stay in order) or the queue is half full. Held
+    /// events go out, latest per user, right after the frames queued before them.
+    pub fn push_presence(&self, user: &UserId, text: &Utf8Bytes) -> PresencePush {
+        let mut state = self.state.lock();
+        if state.closed {
+            return PresencePush::Closed;
+        }
+        let outcome = if state.held.is_empty() && state.queue.len() < self.capacity / 2 {
+            state.queue.push_back(Outbound {
+                text: text.clone(),
+                seq: None,
+            });
+            PresencePush::Queued
+        } else {
+            state.held.insert(user.clone(), text.clone());
+            PresencePush::Held
+        };
+        let waker = state.wake();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        outcome
+    }
+
+    /// Asks the writer to send a keep-alive ping.
+    pub fn ping(&self) {
+        let mut state = self.state.lock();
+        state.ping = true;
+        let waker = state.wake();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Asks the writer to stop, even in the middle of a write (see [`Outbox::poll_stop`]).
+    pub fn stop(&self) {
+        let mut state = self.state.lock();
+        state.stop = true;
+        let waker = state.wake();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// The writer is gone: later pushes are refused with [`Refused::Closed`].
+    pub fn close(&self) {
+        self.state.lock().closed = true;
+    }
+
+    /// Frames waiting (not yet taken by the writer).
+    pub fn len(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    /// Whether no frame is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Moves everything waiting (queued frames, then held presence) into the empty
+    /// `batch`, without waiting.
+    pub fn take(&self, batch: &mut VecDeque<Outbound>) {
+        let mut state = self.state.lock();
+        Self::take_locked(&mut state, batch);
+    }
+
+    fn take_locked(state: &mut State, batch: &mut VecDeque<Outbound>) {
+        debug_assert!(batch.is_empty(), "the writer hands back an empty batch");
+        std::mem::swap(&mut state.queue, batch);
+        // Everything queued before the held presence is in the batch now: it goes next.
+        batch.extend(state.held.drain().map(|(_, text)| Outbound { text, seq: None }));
+    }
+
+    /// The writer waits here: moves everything waiting into the empty `batch` and says
+    /// whether to ping, or says stop.
+    pub fn poll_next(&self, cx: &Context<'_>, batch: &mut VecDeque<Outbound>) -> Poll<Next> {
+        let mut state = self.state.lock();
+        if state.stop {
+            return Poll::Ready(Next::Stop);
+        }
+        if state.queue.is_empty() && state.held.is_empty() && !state.ping {
+            state.register(cx);
+            return Poll::Pending;
+        }
+        Self::take_locked(&mut state, batch);
+        let ping = std::mem::take(&mut state.ping);
+        Poll::Ready(Next::Write { ping })
+    }
+
+    /// Ready once the writer is asked to stop: raced with a write that may never end
+    /// (a client that stopped reading), so that the socket can still be closed.
+    pub fn poll_stop(&self, cx: &Context<'_>) -> Poll<()> {
+        let mut state = self.state.lock();
+        if state.stop {
+            return Poll::Ready(());
+        }
+        state.register(cx);
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn frame(text: &'static str) -> Outbound {
+        Outbound {
+            text: Utf8Bytes::from_static(text),
+            seq: None,
+        }
+    }
+
+    fn texts(batch: &VecDeque<Outbound>) -> Vec<&str> {
+        batch.iter().map(|o| o.text.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_writer_takes_everything_queued_in_order_in_one_batch() {
+        let outbox = Outbox::new(4);
+        for text in ["a", "b", "c"] {
+            outbox.push(frame(text)).expect("room");
+        }
+        let mut batch = VecDeque::new();
+        let next = poll_fn(|cx| outbox.poll_next(cx, &mut batch)).await;
+        assert_eq!(next, Next::Write { ping: false });
+        assert_eq!(texts(&batch), ["a", "b", "c"]);
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_a_closed_one_too() {
+        let outbox = Outbox::new(2);
+        outbox.push(frame("a")).expect("room");
+        outbox.push(frame("b")).expect("room");
+        assert_eq!(outbox.push(frame("c")), Err(Refused::Full));
+        assert_eq!(outbox.len(), 2, "the refused frame is not queued");
+        outbox.close();
+        let mut batch = VecDeque::new();
+        outbox.take(&mut batch);
+        assert_eq!(outbox.push(frame("d")), Err(Refused::Closed));
+        assert_eq!(
+            outbox.push_presence(&UserId::new("bob").expect("id"), &Utf8Bytes::from_static("p")),
+            PresencePush::Closed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_push_wakes_a_waiting_writer() {
+        let outbox = Arc::new(Outbox::new(4));
+        let writer = tokio::spawn({
+            let outbox = outbox.clone();
+            async move {
+                let mut batch = VecDeque::new();
+                let next = poll_fn(|cx| outbox.poll_next(cx, &mut batch)).await;
+                (next, texts(&batch).join(","))
+            }
+        });
+        tokio::task::yield_now().await;
+        outbox.push(frame("hello")).expect("room");
+        let (next, got) = writer.await.expect("writer");
+        assert_eq!(next, Next::Write { ping: false });
+        assert_eq!(got, "hello");
+    }
+
+    #[tokio::test]
+    async fn stop_wins_over_frames_and_ping_comes_alone() {
+        let outbox = Outbox::new(4);
+        outbox.ping();
+        let mut batch = VecDeque::new();
+        assert_eq!(
+            poll_fn(|cx| outbox.poll_next(cx, &mut batch)).await,
+            Next::Write { ping: true }
+        );
+        assert!(batch.is_empty());
+        outbox.push(frame("a")).expect("room");
+        outbox.stop();
+        assert_eq!(poll_fn(|cx| outbox.poll_next(cx, &mut batch)).await, Next::Stop);
+        poll_fn(|cx| outbox.poll_stop(cx)).await;
+    }
+
+    #[test]
+    fn presence_beyond_half_the_queue_is_held_latest_per_user_and_goes_after() {
+        let outbox = Outbox::new(4);
+        let (bob, carol) = (UserId::new("bob").expect("id"), UserId::new("carol").expect("id"));
+        let p = Utf8Bytes::from_static;
+        assert_eq!(outbox.push_presence(&bob, &p("join bob")), PresencePush::Queued);
+        assert_eq!(
+            outbox.push_presence(&carol, &p("join carol")),
+            PresencePush::Queued
+        );
+        // Half of 4 is taken: the rest is held, coalesced per user.
+        assert_eq!(outbox.push_presence(&bob, &p("leave bob")), PresencePush::Held);
+        assert_eq!(outbox.push_presence(&bob, &p("join bob 2")), PresencePush::Held);
+        assert_eq!(
+            outbox.push_presence(&carol, &p("leave carol")),
+            PresencePush::Held
+        );
+        // Messages still fit in the other half.
+        outbox.push(frame("message")).expect("room");
+        let mut batch = VecDeque::new();
+        outbox.take(&mut batch);
+        let got = texts(&batch);
+        assert_eq!(got[..3], ["join bob", "join carol", "message"]);
+        let mut held = got[3..].to_vec();
+        held.sort_unstable();
+        assert_eq!(held, ["join bob 2", "leave carol"]);
+        batch.clear();
+        outbox.take(&mut batch);
+        assert!(batch.is_empty(), "held presence goes out once");
+    }
+}
