@@ -19,7 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::admin::Layout;
 use crate::pacing::Pacer;
-use crate::payload::{self, Received};
+use crate::payload::{self, Padding, Received};
 use crate::procfs::{self, Usage};
 use crate::stats::{Latency, Recorder};
 use crate::{jwt, Error, Result};
@@ -163,7 +163,7 @@ fn spawn_reader(
                 Ok(Message::Text(text)) => match payload::classify(&text) {
                     Received::Message { step, sent_us } => {
                         let now = run.now_us();
-                        run.recorder.record(step, now.saturating_sub(sent_us));
+                        run.recorder.record(step, now.saturating_sub(sent_us), text.len());
                     }
                     Received::Error => {
                         run.counters.error_events.fetch_add(1, Ordering::Relaxed);
@@ -275,6 +275,10 @@ pub struct StepResult {
     pub generator_cpu: f64,
     /// RSS of the system under test at the end of the step, KiB.
     pub server_rss_kb: u64,
+    /// Mean payload length of the frames counted in `delivered_per_sec`, bytes (0 in
+    /// results written before it was measured).
+    #[serde(default)]
+    pub mean_frame_bytes: f64,
 }
 
 impl StepResult {
@@ -297,8 +301,8 @@ pub struct Sweep {
     pub window: Duration,
     /// Longest wait for a window's deliveries after its last publish.
     pub drain: Duration,
-    /// Content size of each message, bytes.
-    pub content_bytes: usize,
+    /// Size of each message (its content, or the whole frame).
+    pub padding: Padding,
     /// Stop after the first step whose p99 exceeds this (ms), or which loses messages.
     pub stop_p99_ms: f64,
     /// The latency bound the figures are quoted at (ms): refinement brackets it.
@@ -421,7 +425,7 @@ async fn measure_step(
         tokio::time::sleep_until(due).await;
         let (index, fan) = publishers[(n as usize) % publishers.len()];
         let sent_us = (due.into_std() - run.epoch).as_micros() as u64;
-        let frame = payload::new_message(step, sent_us, n, sweep.content_bytes);
+        let frame = payload::new_message(step, sent_us, n, sweep.padding);
         if members[index].sink.send(Message::text(frame)).await.is_err() {
             run.counters.send_errors.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -457,11 +461,13 @@ async fn measure_step(
         server_cpu: (sys_after.cpu_secs - sys_before.cpu_secs) / wall,
         generator_cpu: (gen_after.cpu_secs - gen_before.cpu_secs) / wall,
         server_rss_kb: sys_after.rss_kb,
+        mean_frame_bytes: window.mean_frame_bytes(),
     };
     eprintln!(
-        "  step {step}: offered {rate:.1}/s → delivered {:.0}/s (expected {:.0}/s), p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, missing {}, errors {}, cpu server {:.2} gen {:.2}",
-        result.delivered_per_sec, result.expected_per_sec, result.latency.p50_ms, result.latency.p99_ms,
-        result.latency.max_ms, result.missing, result.errors, result.server_cpu, result.generator_cpu
+        "  step {step}: offered {rate:.1}/s → delivered {:.0}/s (expected {:.0}/s), frame {:.0} B, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, missing {}, errors {}, cpu server {:.2} gen {:.2}",
+        result.delivered_per_sec, result.expected_per_sec, result.mean_frame_bytes, result.latency.p50_ms,
+        result.latency.p99_ms, result.latency.max_ms, result.missing, result.errors, result.server_cpu,
+        result.generator_cpu
     );
     Some((result, expected))
 }
@@ -586,8 +592,12 @@ pub struct RunResult {
     pub chats: usize,
     /// Members per chat.
     pub members: usize,
-    /// Content bytes per message.
+    /// Content bytes per message (unless `frame_bytes` is set).
     pub content_bytes: usize,
+    /// Size of every frame sent, bytes, when the content was padded to a frame size
+    /// instead (`--frame-bytes`).
+    #[serde(default)]
+    pub frame_bytes: Option<usize>,
     /// The connect phase.
     pub connect: Option<ConnectResult>,
     /// Memory of the connections before any message.

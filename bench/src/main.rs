@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use hablar_bench::admin::{self, Layout};
 use hablar_bench::load::{self, IdleResult, Run, RunResult, Sweep, Target};
+use hablar_bench::payload::Padding;
 use hablar_bench::{pacing, procfs, report};
 
 #[derive(Parser)]
@@ -106,6 +107,11 @@ struct FanoutArgs {
     /// Content bytes per message.
     #[arg(long, default_value_t = 100)]
     content_bytes: usize,
+    /// Pad each message's content so that the frame sent is exactly this many bytes
+    /// (overrides --content-bytes): to make a system that forwards the client's frame
+    /// deliver frames as large as a system that wraps the content in an envelope.
+    #[arg(long)]
+    frame_bytes: Option<usize>,
     /// Stop the sweep after the first step with p99 above this (ms).
     #[arg(long, default_value_t = 250.0)]
     stop_p99_ms: f64,
@@ -210,9 +216,21 @@ async fn seed(common: &Common) -> hablar_bench::Result<()> {
 
 async fn fanout(args: FanoutArgs) -> hablar_bench::Result<bool> {
     let common = &args.common;
+    // Checked before anything connects, so a bad size fails at once.
+    let padding = match args.frame_bytes {
+        Some(bytes) => Padding::frame(bytes)?,
+        None => Padding::Content(args.content_bytes),
+    };
     eprintln!(
-        "[{}] scenario {}: {} chats × {} members",
-        common.target_name, common.scenario, common.chats, common.members
+        "[{}] scenario {}: {} chats × {} members, {}",
+        common.target_name,
+        common.scenario,
+        common.chats,
+        common.members,
+        match padding {
+            Padding::Frame(bytes) => format!("{bytes} B frames"),
+            Padding::Content(bytes) => format!("{bytes} B content"),
+        }
     );
     seed(common).await?;
     let target = target(common);
@@ -220,6 +238,7 @@ async fn fanout(args: FanoutArgs) -> hablar_bench::Result<bool> {
     let run = Run::new();
     let mut result = base_result(common);
     result.content_bytes = args.content_bytes;
+    result.frame_bytes = args.frame_bytes;
 
     let rss_before = load::system_usage(&target).rss_kb;
     let (mut members, connect) = load::connect_layout(
@@ -265,7 +284,7 @@ async fn fanout(args: FanoutArgs) -> hablar_bench::Result<bool> {
         rates: pacing::sweep(args.start_rate, args.factor, args.max_rate),
         window: Duration::from_secs_f64(args.window_secs),
         drain: Duration::from_secs_f64(args.drain_secs),
-        content_bytes: args.content_bytes,
+        padding,
         stop_p99_ms: args.stop_p99_ms,
         bound_p99_ms: args.bound_p99_ms,
         refine: args.refine,

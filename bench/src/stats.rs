@@ -1,7 +1,8 @@
 //! Latency recording: one HDR histogram per shard, shards picked per thread so that the
 //! receivers on different runtime threads never contend, and a measurement window
 //! ("step") at a time: deliveries of messages sent in another window are counted as
-//! stale and kept out of the figures.
+//! stale and kept out of the figures. Each shard also sums the byte length of the frames
+//! it counts, so a window knows the mean size of what was delivered.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -62,10 +63,13 @@ impl Latency {
     }
 }
 
-/// One shard: the histogram and count of the current window.
+/// One shard: the histogram, count and byte sum of the current window.
 struct Shard {
     hist: Histogram<u64>,
     delivered: u64,
+    /// Summed payload length of the counted frames: systems wrap the same content in
+    /// envelopes of different sizes, and frame size alone moves latency.
+    bytes: u64,
 }
 
 /// Where receivers record deliveries; the coordinator opens and closes windows.
@@ -84,6 +88,19 @@ pub struct Window {
     pub hist: Histogram<u64>,
     /// Deliveries counted.
     pub delivered: u64,
+    /// Summed payload length of the counted frames, bytes.
+    pub bytes: u64,
+}
+
+impl Window {
+    /// Mean payload length of the counted frames, bytes (0 when none was counted).
+    pub fn mean_frame_bytes(&self) -> f64 {
+        if self.delivered == 0 {
+            0.0
+        } else {
+            self.bytes as f64 / self.delivered as f64
+        }
+    }
 }
 
 /// The window id no message carries: nothing is measured.
@@ -104,6 +121,7 @@ impl Recorder {
                     Mutex::new(Shard {
                         hist: new_histogram(),
                         delivered: 0,
+                        bytes: 0,
                     })
                 })
                 .collect(),
@@ -116,8 +134,9 @@ impl Recorder {
         self.current.store(step, Ordering::SeqCst);
     }
 
-    /// Records the delivery of a message of window `step` after `latency_us`.
-    pub fn record(&self, step: u32, latency_us: u64) {
+    /// Records the delivery of a message of window `step` after `latency_us`, in a frame
+    /// of `frame_bytes` payload bytes.
+    pub fn record(&self, step: u32, latency_us: u64, frame_bytes: usize) {
         if step != self.current.load(Ordering::Relaxed) {
             self.stale.fetch_add(1, Ordering::Relaxed);
             return;
@@ -126,6 +145,7 @@ impl Recorder {
         let mut shard = self.shards[index].lock();
         shard.hist.saturating_record(latency_us.clamp(1, MAX_TRACKED_US));
         shard.delivered += 1;
+        shard.bytes += frame_bytes as u64;
     }
 
     /// Deliveries counted in the current window so far.
@@ -144,6 +164,7 @@ impl Recorder {
         let mut window = Window {
             hist: new_histogram(),
             delivered: 0,
+            bytes: 0,
         };
         for shard in &self.shards {
             let mut shard = shard.lock();
@@ -152,8 +173,10 @@ impl Recorder {
                 .add(&shard.hist)
                 .expect("same bounds, so add cannot fail");
             window.delivered += shard.delivered;
+            window.bytes += shard.bytes;
             shard.hist.reset();
             shard.delivered = 0;
+            shard.bytes = 0;
         }
         window
     }
@@ -184,19 +207,22 @@ mod tests {
     #[test]
     fn only_the_open_window_is_measured_and_late_ones_are_stale() {
         let rec = Recorder::new(4);
-        rec.record(0, 10); // nothing open yet
+        rec.record(0, 10, 999); // nothing open yet
         rec.open(1);
-        rec.record(1, 1_000);
-        rec.record(1, 3_000);
-        rec.record(0, 5); // a late delivery of an earlier window
+        rec.record(1, 1_000, 300);
+        rec.record(1, 3_000, 200);
+        rec.record(0, 5, 999); // a late delivery of an earlier window
         assert_eq!(rec.delivered(), 2);
         let window = rec.take();
         assert_eq!(window.delivered, 2);
         assert!(window.hist.equivalent(window.hist.max(), 3_000));
+        // Only the window's own frames count toward its mean size.
+        assert_eq!(window.mean_frame_bytes(), 250.0);
         assert_eq!(rec.stale(), 2);
         // Taking resets: the next window starts empty.
         rec.open(2);
         assert_eq!(rec.delivered(), 0);
+        assert_eq!(rec.take().mean_frame_bytes(), 0.0);
     }
 
     #[test]
@@ -206,11 +232,14 @@ mod tests {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let rec = rec.clone();
-                std::thread::spawn(move || (0..1000).for_each(|i| rec.record(0, i + 1)))
+                std::thread::spawn(move || (0..1000).for_each(|i| rec.record(0, i + 1, 160)))
             })
             .collect();
         handles.into_iter().for_each(|h| h.join().expect("thread"));
-        assert_eq!(rec.take().delivered, 4000);
+        let window = rec.take();
+        assert_eq!(window.delivered, 4000);
+        assert_eq!(window.bytes, 4000 * 160);
+        assert_eq!(window.mean_frame_bytes(), 160.0);
     }
 
     #[test]
