@@ -92,3 +92,22 @@ start_daphne() {
   cat "$BENCH_LOGS/$1.log" >&2
   return 1
 }
+
+# mean_frame_bytes RESULTS_JSON: prints the mean payload length, rounded to a byte, of
+# the new_message frames a fan-out run delivered (all its steps, weighted by the
+# deliveries of each). Fails, printing nothing, when the file is missing or unreadable or
+# holds no measured frame (a failed run, or results from before the size was measured).
+mean_frame_bytes() {
+  python3 -c '
+import json, sys
+try:
+    steps = json.load(open(sys.argv[1]))["steps"]
+    pairs = [(s.get("mean_frame_bytes", 0), s["latency"]["count"]) for s in steps]
+except (OSError, ValueError, KeyError, TypeError):
+    sys.exit(1)
+count = sum(c for b, c in pairs if b > 0)
+if count == 0:
+    sys.exit(1)
+print(int(sum(b * c for b, c in pairs if b > 0) / count + 0.5))
+' "$1"
+}

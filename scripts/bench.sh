@@ -2,15 +2,20 @@
 # Runs every benchmark of issue 7 in one go, on this machine over loopback, and
 # regenerates BENCHMARKS.md, bench/chart.svg and bench/results/*.json from what it measured.
 #
-#   scripts/bench.sh                 about 10-15 minutes
+#   scripts/bench.sh                 about 12-18 minutes
 #
 # Systems, each started fresh for each scenario on free ports and stopped after:
+#   hablar-memory    hablar-server, embedded backend (first: the ceiling needs the size of
+#                    the frames it delivers)
 #   ceiling          bench's hablar-ceiling (bare tokio broadcast of the client's frame)
-#   hablar-memory    hablar-server, embedded backend
+#   ceiling-same-frames  hablar-ceiling again, the client's frames padded to the mean size
+#                    of the new_message frames hablar-memory delivered in the same layout
+#                    (same bytes on the wire); layouts a and b only
 #   hablar-redis     hablar-server, Redis backend, one instance (+ its redis-server)
 #   hablar-redis-2x  two hablar-server instances on one Redis, members split across them
 #   django-channels  the tests/django baseline: daphne + channels_redis (+ its redis-server)
-# Scenarios (same generator, same 100-byte message content everywhere):
+# Scenarios (same generator, same 100-byte message content everywhere but in
+# ceiling-same-frames, whose content is padded to the frame size):
 #   a   1 chat × 1,000 members, one publisher, rate sweep
 #   b   1,000 chats × 10 members (10,000 connections: also the idle-memory figure), sweep
 #   d   connect/disconnect churn, 32 loops, 8 s
@@ -86,18 +91,6 @@ churn() {
     echo "bench: $name churn failed" >&2
 }
 
-# --- the bare ceiling
-for s in a b d; do
-  start_ceiling "$BIN/hablar-ceiling" "ceiling-$s"
-  t=(--ws "ws://127.0.0.1:$PORT" --pid "$PID")
-  case $s in
-    a) fanout ceiling a 20 5120 A "$A_DESC" "${t[@]}" ;;
-    b) fanout ceiling b 500 256000 B "$B_DESC" "${t[@]}" ;;
-    d) churn ceiling "${t[@]}" ;;
-  esac
-  stop_all
-done
-
 # --- hablar-server, embedded
 for s in a b d; do
   start_server "$BIN/hablar-server" "memory-$s"
@@ -108,6 +101,42 @@ for s in a b d; do
     d) churn hablar-memory "${t[@]}" ;;
   esac
   stop_all
+done
+
+# The size of the new_message frames hablar-server delivered per layout (the protocol's
+# envelope: id, seq, chat_id, sender, created_at and client_id around the same content),
+# for the ceiling to send as much. If that run failed, a constant close to it (100 B of
+# content in that envelope come to ~300 B), with a warning here and in the report.
+FALLBACK_FRAME_BYTES=300
+frame_bytes_of() {
+  local s=$1 bytes
+  if bytes=$(mean_frame_bytes "$OUT/hablar-memory-$s.json"); then
+    echo "$bytes"
+  else
+    echo "bench: WARNING: no delivered frame size in $OUT/hablar-memory-$s.json;" \
+      "ceiling-same-frames $s sends $FALLBACK_FRAME_BYTES B frames instead" >&2
+    echo "warning:  ceiling-same-frames $s: hablar-memory's frame size was not measured, fell back to $FALLBACK_FRAME_BYTES B" \
+      >>"$OUT/machine.txt"
+    echo "$FALLBACK_FRAME_BYTES"
+  fi
+}
+
+# --- the bare ceiling: the client's own frame (as a base-layer relay would forward it),
+# then frames as large as hablar-server's. Churn sends no message: once.
+for s in a b d; do
+  for name in ceiling ceiling-same-frames; do
+    [[ $s == d && $name != ceiling ]] && continue
+    size=()
+    [[ $name == ceiling-same-frames ]] && size=(--frame-bytes "$(frame_bytes_of "$s")")
+    start_ceiling "$BIN/hablar-ceiling" "$name-$s"
+    t=(--ws "ws://127.0.0.1:$PORT" --pid "$PID")
+    case $s in
+      a) fanout "$name" a 20 5120 A "$A_DESC" "${t[@]}" "${size[@]}" ;;
+      b) fanout "$name" b 500 256000 B "$B_DESC" "${t[@]}" "${size[@]}" ;;
+      d) churn "$name" "${t[@]}" ;;
+    esac
+    stop_all
+  done
 done
 
 # --- hablar-server, Redis, one instance
