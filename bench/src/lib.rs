@@ -3,8 +3,10 @@
 //!
 //! Layout:
 //! - `pacing`: the open-loop schedule (when message `n` is due at a fixed offered rate).
-//! - `stats`: latency histograms sharded per thread, one measurement window at a time.
-//! - `payload`: the timestamped message frames and the cheap parse of received ones.
+//! - `stats`: latency histograms and delivered frame sizes, sharded per thread, one
+//!   measurement window at a time.
+//! - `payload`: the timestamped message frames (padded to a content or a frame size) and
+//!   the cheap parse of received ones.
 //! - `jwt`: HS256 access tokens (simplejwt's claims) minted for bench users.
 //! - `procfs`: RSS and CPU seconds of a process from `/proc`.
 //! - `admin`: a tiny HTTP/1.1 client for the server's admin API (seeding chats).
