@@ -499,3 +499,51 @@ async fn messages_published_while_an_instances_pubsub_is_cut_reach_its_clients_i
     }
     alice.expect_silence(Duration::from_millis(200)).await;
 }
+
+/// Redis forgets its scripts when it restarts (the script cache is never persisted), and
+/// a connection's messages are sent to it pipelined. The batch of one connection must
+/// keep its order even when it meets an empty script cache, while another connection
+/// loads the script in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_keeps_its_order_when_redis_loses_its_scripts() {
+    const BURST: usize = 150;
+    let redis = RedisServer::start().await;
+    let server = redis.instance_with(fast).await;
+    server.create_chat("room", &["alice", "bob", "carol"]).await;
+    let mut bob = server.join("room", "bob").await;
+    let mut alice = server.join("room", "alice").await;
+    let mut carol = server.join("room", "carol").await;
+    // carol keeps loading the script from her own connection while alice's burst runs.
+    let chatter = tokio::spawn(async move {
+        for i in 0..BURST {
+            carol.send_json(&send(&format!("c{i}"), &format!("c-{i}"))).await;
+            tokio::task::yield_now().await;
+        }
+        carol
+    });
+    for i in 0..BURST {
+        if i % 25 == 0 {
+            assert_eq!(redis.command(&["SCRIPT", "FLUSH"]), "OK");
+        }
+        alice.send_json(&send(&format!("a{i}"), &format!("a-{i}"))).await;
+    }
+    let mut from_alice = Vec::new();
+    let mut seqs = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while from_alice.len() < BURST {
+        assert!(
+            Instant::now() < deadline,
+            "alice's burst did not arrive: {from_alice:?}"
+        );
+        if let ServerEvent::NewMessage { message } = bob.recv_event().await {
+            seqs.push(message.seq.expect("seq").0);
+            if message.sender.id.as_str() == "alice" {
+                from_alice.push(message.content);
+            }
+        }
+    }
+    let sent: Vec<String> = (0..BURST).map(|i| format!("a{i}")).collect();
+    assert_eq!(from_alice, sent, "alice's messages in the order she sent them");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs ascend: {seqs:?}");
+    drop(chatter.await.expect("carol"));
+}

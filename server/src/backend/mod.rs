@@ -127,6 +127,17 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Stores and publishes a message (see the trait's rules).
     async fn append(&self, chat: &ChatId, message: NewMessage) -> Result<Appended>;
+    /// Stores and publishes messages of one connection, in their order, as if appended
+    /// one after the other: one outcome per message. A connection has one batch in
+    /// flight at a time, so a backend that answers with a round trip serves a fast
+    /// sender with one round trip per batch instead of one per message.
+    async fn append_batch(&self, chat: &ChatId, messages: Vec<NewMessage>) -> Vec<Result<Appended>> {
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for message in messages {
+            outcomes.push(self.append(chat, message).await);
+        }
+        outcomes
+    }
     /// Up to `limit` messages with `seq < before` (all when `None`), oldest first.
     async fn history(&self, chat: &ChatId, before: Option<Seq>, limit: usize) -> Result<HistoryPage>;
     /// The chat's epoch and newest seq, and, when `since` is given, the messages after it

@@ -186,6 +186,9 @@ const ID_NEEDLE: &str = "\"id\":\"__hablar_message_id__\"";
 /// The seq placeholder in an `append` template.
 const SEQ_NEEDLE: &str = "\"seq\":18446744073709551615";
 
+/// The append script, also sent whole (`EVAL`) when Redis has lost its script cache.
+const APPEND_LUA: &str = include_str!("redis/append.lua");
+
 /// The scripts, loaded once per Redis (`EVALSHA`, re-loaded after a Redis restart).
 struct Scripts {
     append: Script,
@@ -199,7 +202,7 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            append: Script::new(include_str!("redis/append.lua")),
+            append: Script::new(APPEND_LUA),
             replay: Script::new(include_str!("redis/replay.lua")),
             presence_join: Script::new(include_str!("redis/presence_join.lua")),
             presence_leave: Script::new(include_str!("redis/presence_leave.lua")),
@@ -573,49 +576,103 @@ impl Backend for RedisBackend {
     }
 
     async fn append(&self, chat: &ChatId, message: NewMessage) -> Result<Appended> {
+        self.append_batch(chat, vec![message])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(backend_error("no outcome for the message")))
+    }
+
+    async fn append_batch(&self, chat: &ChatId, messages: Vec<NewMessage>) -> Vec<Result<Appended>> {
         let inner = &self.inner;
         let k = &inner.keys;
-        let idempotency = message
-            .client_id
-            .as_ref()
-            .map(|client_id| k.idempotency(chat, &message.sender.user_id, client_id));
         let created_at = rfc3339(OffsetDateTime::now_utc());
-        let draft = draft(chat, message, created_at.clone());
-        let template = serde_json::to_string(&draft).expect("a message serialises");
-        let mut invocation = inner.scripts.append.prepare_invoke();
-        invocation
-            .key(k.meta(chat))
-            .key(k.epoch(chat))
-            .key(k.seq(chat))
-            .key(k.messages(chat));
-        if let Some(key) = idempotency {
-            invocation.key(key);
+        let mut drafts = Vec::with_capacity(messages.len());
+        // Per message: its keys, then its arguments, as for EVALSHA/EVAL.
+        let mut calls: Vec<(Vec<String>, Vec<String>)> = Vec::with_capacity(messages.len());
+        for message in messages {
+            let idempotency = message
+                .client_id
+                .as_ref()
+                .map(|client_id| k.idempotency(chat, &message.sender.user_id, client_id));
+            let draft = draft(chat, message, created_at.clone());
+            let template = serde_json::to_string(&draft).expect("a message serialises");
+            let mut keys = vec![k.meta(chat), k.epoch(chat), k.seq(chat), k.messages(chat)];
+            keys.extend(idempotency);
+            let args = vec![
+                new_epoch(),
+                template,
+                inner.retention.to_string(),
+                inner.opts.idempotency_ttl_secs.max(1).to_string(),
+                k.channel(chat),
+                inner.event_prefix.clone(),
+                inner.event_suffix.clone(),
+                ID_NEEDLE.to_owned(),
+                SEQ_NEEDLE.to_owned(),
+                created_at.clone(),
+            ];
+            drafts.push(draft);
+            calls.push((keys, args));
         }
-        invocation
-            .arg(new_epoch())
-            .arg(template)
-            .arg(inner.retention)
-            .arg(inner.opts.idempotency_ttl_secs.max(1))
-            .arg(k.channel(chat))
-            .arg(&inner.event_prefix)
-            .arg(&inner.event_suffix)
-            .arg(ID_NEEDLE)
-            .arg(SEQ_NEEDLE)
-            .arg(created_at);
+        // One transaction: the batch runs in order and whole, nothing of another client
+        // between. That also keeps the order when Redis has lost its script cache (a
+        // restart): every EVALSHA of the batch fails alike, and the batch is sent again
+        // whole with the script's text (EVAL), which cannot fail that way. (redis-rs'
+        // own load-and-retry per call could be overtaken by a later call that found the
+        // script loaded by another client.) Every key is the chat's (one hash tag), so
+        // this holds on Redis Cluster too.
+        let transaction = |by_text: bool| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (keys, args) in &calls {
+                let cmd = if by_text {
+                    pipe.cmd("EVAL").arg(APPEND_LUA)
+                } else {
+                    pipe.cmd("EVALSHA").arg(inner.scripts.append.get_hash())
+                };
+                cmd.arg(keys.len()).arg(keys).arg(args);
+            }
+            pipe
+        };
         let mut conn = inner.conn.clone();
-        let reply: Vec<String> = inner.run(invocation.invoke_async(&mut conn)).await?;
-        match reply.as_slice() {
-            [outcome, json] if outcome == "stored" || outcome == "duplicate" => Ok(Appended {
-                message: parse_message(json)?,
-                duplicate: outcome == "duplicate",
-            }),
-            [outcome, epoch, seq, created_at] if outcome == "trimmed" => Ok(Appended {
-                message: trimmed_duplicate(draft, epoch, seq, created_at)?,
-                duplicate: true,
-            }),
-            [missing] if missing == "missing" => Err(Error::NotFound),
-            _ => Err(backend_error("unexpected reply from the append script")),
-        }
+        let replies: Result<Vec<Vec<String>>> = inner
+            .run(async {
+                match transaction(false).query_async(&mut conn).await {
+                    Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        transaction(true).query_async(&mut conn).await
+                    }
+                    replies => replies,
+                }
+            })
+            .await;
+        let replies = match replies {
+            Ok(replies) if replies.len() == drafts.len() => replies,
+            Ok(_) => {
+                return drafts
+                    .iter()
+                    .map(|_| Err(backend_error("unexpected reply from the append script")))
+                    .collect()
+            }
+            Err(err) => {
+                let text = err.to_string();
+                return drafts.iter().map(|_| Err(backend_error(&text))).collect();
+            }
+        };
+        drafts
+            .into_iter()
+            .zip(replies)
+            .map(|(draft, reply)| match reply.as_slice() {
+                [outcome, json] if outcome == "stored" || outcome == "duplicate" => Ok(Appended {
+                    message: parse_message(json)?,
+                    duplicate: outcome == "duplicate",
+                }),
+                [outcome, epoch, seq, created_at] if outcome == "trimmed" => Ok(Appended {
+                    message: trimmed_duplicate(draft, epoch, seq, created_at)?,
+                    duplicate: true,
+                }),
+                [missing] if missing == "missing" => Err(Error::NotFound),
+                _ => Err(backend_error("unexpected reply from the append script")),
+            })
+            .collect()
     }
 
     async fn history(&self, chat: &ChatId, before: Option<Seq>, limit: usize) -> Result<HistoryPage> {
