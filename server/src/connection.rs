@@ -16,7 +16,9 @@ use hablar_protocol::events::{
 use hablar_protocol::{ChatId, ClientId, CloseCode, Epoch, ErrorCode, Seq};
 use serde::Deserialize;
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::{oneshot, watch};
 
@@ -66,6 +68,8 @@ struct Session {
     /// message or close since), for the typing lease on close.
     typing: bool,
     limiter: RateLimiter,
+    /// The backend calls of the client's frames.
+    calls: Calls,
 }
 
 /// Runs one upgraded connection to its end.
@@ -123,7 +127,7 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
         Halves {
             sink,
             stream,
-            outbox,
+            outbox: outbox.clone(),
             session: Session {
                 typing: false,
                 limiter: RateLimiter::new(
@@ -132,35 +136,42 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
                     limits.rate_abuse_close_after,
                     Instant::now(),
                 ),
+                calls: Calls::default(),
             },
         },
         close_rx,
     ));
-    let (end, typing) = match session.await {
+    let (end, session) = match session.await {
         Ok(ended) => ended,
         Err(err) => {
             // The socket went with the task, so no close frame: dropping it closes TCP.
             tracing::error!(%chat, user = %user, error = %err, "connection task failed");
             app.metrics.close(CloseCode::ServerError);
-            // Whether it was typing is lost with the task: a stray typing_stop is harmless,
-            // a missing one leaves "is typing" up on base-layer frontends.
-            (End::Close(CloseCode::ServerError), true)
+            (End::Close(CloseCode::ServerError), None)
         }
     };
+    // Whether it was typing is lost with a failed task: a stray typing_stop is harmless,
+    // a missing one leaves "is typing" up on base-layer frontends.
+    let typing = session.as_ref().is_none_or(|session| session.typing);
+    if let Some(mut session) = session {
+        // What the client sent before the end is stored and published before its
+        // presence_leave, even when the connection was closed under its reader.
+        session.calls.finish(&app, &admitted, &outbox).await;
+    }
     cleanup(&app, &admitted, conn_id, typing).await;
     app.metrics.connections.fetch_sub(1, Relaxed);
     tracing::info!(%chat, user = %user, end = ?end, "disconnected");
 }
 
 /// The admitted connection from presence, replay and `ready` to its close. Returns how
-/// it ended and whether its user was typing.
+/// it ended and the reader's state (`None` if its task failed).
 async fn live(
     app: Arc<AppState>,
     admitted: Arc<Admitted>,
     query: RawConnect,
     halves: Halves,
     close_rx: watch::Receiver<Option<CloseCode>>,
-) -> (End, bool) {
+) -> (End, Option<Session>) {
     let Halves {
         mut sink,
         mut stream,
@@ -170,7 +181,7 @@ async fn live(
     match start(&app, &admitted, &query, &mut sink).await {
         Err(end) => {
             finish(&app, &mut sink, &mut stream, end, None).await;
-            (end, false)
+            (end, Some(session))
         }
         Ok(delivered) => {
             let halves = Halves {
@@ -196,14 +207,14 @@ struct Halves {
 
 /// Runs the reader and the writer as two tasks until one ends or the connection is told
 /// to close (hub, shutdown, token expiry), gets both halves back and closes. Returns how
-/// the connection ended and whether its user was typing.
+/// the connection ended and the reader's state (`None` if the reader's task failed).
 async fn drive(
     app: &Arc<AppState>,
     admitted: &Arc<Admitted>,
     halves: Halves,
     mut close_rx: watch::Receiver<Option<CloseCode>>,
     delivered: Seq,
-) -> (End, bool) {
+) -> (End, Option<Session>) {
     let Halves {
         mut sink,
         mut stream,
@@ -281,14 +292,13 @@ async fn drive(
             // Graceful shutdown finishes what was queued before the 1012.
             let flush_first = (end == End::Close(CloseCode::Restart)).then_some(&*outbox);
             finish(app, &mut sink, &mut stream, end, flush_first).await;
-            (end, session.typing)
+            (end, Some(session))
         }
         (reader_out, _) => {
             // A task panicked and took its half with it; dropping the other closes TCP.
             tracing::error!(chat = %admitted.chat, "connection task failed");
             app.metrics.close(CloseCode::ServerError);
-            let typing = reader_out.is_some_and(|(_, _, session)| session.typing);
-            (server_error, typing)
+            (server_error, reader_out.map(|(_, _, session)| session))
         }
     }
 }
@@ -424,9 +434,136 @@ async fn start(
     Ok(last_seq)
 }
 
-/// Reads and handles the client's frames until the connection ends.
+/// Backend calls of one connection waiting for the one in flight, at most. Beyond it
+/// the reader stops reading (TCP pushes back on the client) until the batch in flight
+/// completes.
+const MAX_QUEUED_CALLS: usize = 64;
+
+/// A backend call a frame needs.
+enum Op {
+    /// Store and publish the client's message.
+    Append {
+        client_id: Option<ClientId>,
+        message: NewMessage,
+    },
+    /// Publish an event (typing, read receipt).
+    Publish(ChatEvent),
+}
+
+/// What a backend call came to.
+// Short-lived (one per call, moved once): boxing the append's result would only add an
+// allocation per message.
+#[allow(clippy::large_enum_variant)]
+enum Outcome {
+    /// An append of the client's message.
+    Appended {
+        client_id: Option<ClientId>,
+        result: crate::Result<crate::backend::Appended>,
+    },
+    /// A publish.
+    Published(crate::Result<()>),
+}
+
+/// A connection's backend calls, pipelined: the reader queues one per frame and goes
+/// on reading; everything queued goes to the backend as one batch while the previous
+/// batch is in flight (one round trip per batch against Redis, instead of one per
+/// message, which would cap a fast sender at one message per round trip). Order holds:
+/// one batch at a time, each in the order its frames arrived (see
+/// [`crate::backend::Backend::append_batch`]), outcomes handled in that order.
+///
+/// It lives outside the reader's loop, so that a connection closed under its reader
+/// (slow, removed, shutdown) still finishes what the client sent: see `run`.
+#[derive(Default)]
+struct Calls {
+    queued: Vec<Op>,
+    in_flight: Option<Pin<Box<dyn Future<Output = Vec<Outcome>> + Send>>>,
+}
+
+impl Calls {
+    fn is_idle(&self) -> bool {
+        self.in_flight.is_none() && self.queued.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.queued.len() >= MAX_QUEUED_CALLS
+    }
+
+    /// Queues a call and starts it at once if nothing is in flight (the embedded
+    /// backend completes it right there).
+    fn push(&mut self, op: Op, app: &Arc<AppState>, admitted: &Admitted, tx: &Outbox) {
+        self.queued.push(op);
+        let mut cx = Context::from_waker(Waker::noop());
+        let _ = self.poll_progress(&mut cx, app, admitted, tx);
+    }
+
+    /// Handles a finished batch and starts the next. `Ready` once nothing is queued or
+    /// in flight.
+    fn poll_progress(
+        &mut self,
+        cx: &mut Context<'_>,
+        app: &Arc<AppState>,
+        admitted: &Admitted,
+        tx: &Outbox,
+    ) -> Poll<()> {
+        loop {
+            if let Some(batch) = &mut self.in_flight {
+                let outcomes = std::task::ready!(batch.as_mut().poll(cx));
+                self.in_flight = None;
+                for outcome in outcomes {
+                    handle_outcome(app, admitted, tx, outcome);
+                }
+            }
+            if self.queued.is_empty() {
+                return Poll::Ready(());
+            }
+            let ops = std::mem::take(&mut self.queued);
+            self.in_flight = Some(Box::pin(run_calls(app.clone(), admitted.chat.clone(), ops)));
+        }
+    }
+
+    /// Completes everything queued and in flight (each call has the backend's own time
+    /// limit).
+    async fn finish(&mut self, app: &Arc<AppState>, admitted: &Admitted, tx: &Outbox) {
+        poll_fn(|cx| self.poll_progress(cx, app, admitted, tx)).await;
+    }
+}
+
+/// Runs a batch of calls in order: consecutive appends as one `append_batch`.
+async fn run_calls(app: Arc<AppState>, chat: ChatId, ops: Vec<Op>) -> Vec<Outcome> {
+    let backend = &app.backend;
+    let mut outcomes = Vec::with_capacity(ops.len());
+    let mut ops = ops.into_iter().peekable();
+    while let Some(op) = ops.next() {
+        match op {
+            Op::Publish(event) => outcomes.push(Outcome::Published(backend.publish(&chat, event).await)),
+            Op::Append { client_id, message } => {
+                let mut client_ids = vec![client_id];
+                let mut messages = vec![message];
+                while let Some(Op::Append { .. }) = ops.peek() {
+                    if let Some(Op::Append { client_id, message }) = ops.next() {
+                        client_ids.push(client_id);
+                        messages.push(message);
+                    }
+                }
+                let results = backend.append_batch(&chat, messages).await;
+                let mut results = results.into_iter();
+                for client_id in client_ids {
+                    let result = results
+                        .next()
+                        .unwrap_or_else(|| Err(crate::Error::Backend("no outcome for the message".into())));
+                    outcomes.push(Outcome::Appended { client_id, result });
+                }
+            }
+        }
+    }
+    outcomes
+}
+
+/// Reads and handles the client's frames until the connection ends. The backend calls
+/// they need are queued in `session.calls`, and what is left of them when this returns
+/// (or is dropped) is finished by `run`.
 async fn read_loop(
-    app: &AppState,
+    app: &Arc<AppState>,
     admitted: &Admitted,
     stream: &mut SplitStream<WebSocket>,
     session: &mut Session,
@@ -434,7 +571,12 @@ async fn read_loop(
 ) -> End {
     let idle = app.config.limits.idle_timeout();
     loop {
-        let frame = match tokio::time::timeout(idle, stream.next()).await {
+        let frame = tokio::select! {
+            biased;
+            () = poll_fn(|cx| session.calls.poll_progress(cx, app, admitted, tx)), if !session.calls.is_idle() => continue,
+            frame = tokio::time::timeout(idle, stream.next()), if !session.calls.is_full() => frame,
+        };
+        let frame = match frame {
             Err(_) => {
                 tracing::info!(chat = %admitted.chat, "idle timeout");
                 return End::Close(CloseCode::GoingAway);
@@ -451,8 +593,8 @@ async fn read_loop(
                     Ok(false) => continue,
                     Ok(true) => {}
                 }
-                if let Some(end) = handle_text(app, admitted, session, tx, text.as_str()).await {
-                    return end;
+                if let Some(op) = handle_text(app, admitted, session, tx, text.as_str()) {
+                    session.calls.push(op, app, admitted, tx);
                 }
             }
             WsMessage::Binary(_) => {
@@ -506,14 +648,15 @@ fn rate_limit(admitted: &Admitted, session: &mut Session, tx: &Outbox) -> Result
     }
 }
 
-/// Handles one (rate-checked) text frame; `Some` ends the connection.
-async fn handle_text(
+/// Handles one (rate-checked) text frame: answers it directly, or returns the backend
+/// call it needs.
+fn handle_text(
     app: &AppState,
     admitted: &Admitted,
     session: &mut Session,
     tx: &Outbox,
     text: &str,
-) -> Option<End> {
+) -> Option<Op> {
     let event = match parse_client(text) {
         Ok(event) => event,
         Err(err) => {
@@ -522,9 +665,7 @@ async fn handle_text(
         }
     };
     let me = &admitted.me;
-    let chat = &admitted.chat;
-    let backend = &app.backend;
-    let published = match event {
+    match event {
         ClientEvent::TypingStart | ClientEvent::TypingStop => {
             session.typing = matches!(event, ClientEvent::TypingStart);
             let event = if session.typing {
@@ -539,9 +680,7 @@ async fn handle_text(
             };
             // A user's own typing is not echoed to their own tabs.
             let skip_user = Some(me.user_id.clone());
-            backend
-                .publish(chat, ChatEvent::Broadcast { event, skip_user })
-                .await
+            Some(Op::Publish(ChatEvent::Broadcast { event, skip_user }))
         }
         ClientEvent::NewMessage { message } => {
             let client_id = message.client_id.clone();
@@ -552,60 +691,62 @@ async fn handle_text(
                     return None;
                 }
             };
-            let client_id = parts.client_id.clone();
-            let new = NewMessage {
-                sender: me.clone(),
-                content: parts.content,
-                client_id: parts.client_id,
-                extra: parts.extra,
-            };
             session.typing = false;
-            match backend.append(chat, new).await {
-                Ok(appended) if appended.duplicate => {
-                    reply(
-                        tx,
-                        &ServerEvent::NewMessage {
-                            message: appended.message,
-                        },
-                    );
-                    Ok(())
-                }
-                Ok(_) => {
-                    app.metrics.messages_stored.fetch_add(1, Relaxed);
-                    Ok(())
-                }
-                Err(err) => {
-                    tracing::error!(%chat, error = %err, "append failed");
-                    let detail = "message not stored; send it again with the same client_id".into();
-                    reply_error(tx, ErrorCode::Unavailable, detail, client_id);
-                    return None;
-                }
-            }
+            Some(Op::Append {
+                client_id: parts.client_id.clone(),
+                message: NewMessage {
+                    sender: me.clone(),
+                    content: parts.content,
+                    client_id: parts.client_id,
+                    extra: parts.extra,
+                },
+            })
         }
         ClientEvent::Ping { id } => {
             reply(tx, &ServerEvent::Pong { id });
-            Ok(())
+            None
         }
         ClientEvent::MarkRead { up_to } => {
             let event = ServerEvent::Read {
                 user_id: me.user_id.clone(),
                 up_to,
             };
-            backend
-                .publish(
-                    chat,
-                    ChatEvent::Broadcast {
-                        event,
-                        skip_user: None,
-                    },
-                )
-                .await
+            Some(Op::Publish(ChatEvent::Broadcast {
+                event,
+                skip_user: None,
+            }))
         }
-    };
-    if let Err(err) = published {
-        tracing::error!(%chat, error = %err, "publish failed");
     }
-    None
+}
+
+/// Answers what a backend call came to.
+fn handle_outcome(app: &AppState, admitted: &Admitted, tx: &Outbox, outcome: Outcome) {
+    let chat = &admitted.chat;
+    match outcome {
+        Outcome::Appended {
+            result: Ok(appended), ..
+        } if appended.duplicate => reply(
+            tx,
+            &ServerEvent::NewMessage {
+                message: appended.message,
+            },
+        ),
+        Outcome::Appended { result: Ok(_), .. } => {
+            app.metrics.messages_stored.fetch_add(1, Relaxed);
+        }
+        Outcome::Appended {
+            client_id,
+            result: Err(err),
+        } => {
+            tracing::error!(%chat, error = %err, "append failed");
+            let detail = "message not stored; send it again with the same client_id".into();
+            reply_error(tx, ErrorCode::Unavailable, detail, client_id);
+        }
+        Outcome::Published(Ok(())) => {}
+        Outcome::Published(Err(err)) => {
+            tracing::error!(%chat, error = %err, "publish failed");
+        }
+    }
 }
 
 /// The `message.client_id` of a frame that did not parse, for the error event.

@@ -12,6 +12,8 @@ backend_tests!(
     clients_cannot_spoof_server_owned_fields,
     many_chats_at_once_do_not_leak_into_each_other,
     a_display_name_falls_back_to_token_claims_then_user_id,
+    a_burst_from_one_client_is_stored_and_delivered_in_send_order,
+    messages_sent_just_before_a_close_are_all_stored,
 );
 
 async fn typing_reaches_other_members_but_not_the_typer(backend: Backend) {
@@ -202,5 +204,106 @@ async fn a_display_name_falls_back_to_token_claims_then_user_id(backend: Backend
             user_id: "u7".parse().expect("id"),
             username: "seven".into()
         }
+    );
+}
+
+/// The server pipelines a connection's backend calls (against Redis each is a round
+/// trip): a burst must still be numbered and delivered in the order it was sent, and a
+/// resend within the burst must be answered as the duplicate it is.
+async fn a_burst_from_one_client_is_stored_and_delivered_in_send_order(backend: Backend) {
+    const BURST: usize = 200;
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.rate_per_sec = 10_000.0;
+        c.limits.rate_burst = 10_000;
+    })
+    .await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    let mut bob = server.join("room", "bob").await;
+    let mut alice = server.join("room", "alice").await;
+    bob.recv_until(|e| matches!(e, ServerEvent::PresenceJoin(_)))
+        .await;
+    for i in 0..BURST {
+        alice
+            .send_json(&json!({"type": "new_message", "message": {"content": format!("m{i}"), "client_id": format!("c-{i}")}}))
+            .await;
+        if i == BURST / 2 {
+            // A resend of an earlier message, in the middle of the burst.
+            alice
+                .send_json(&json!({"type": "new_message", "message": {"content": "m5", "client_id": "c-5"}}))
+                .await;
+        }
+    }
+    let mut delivered = Vec::new();
+    while delivered.len() < BURST {
+        if let ServerEvent::NewMessage { message } = bob.recv_event().await {
+            delivered.push((message.content, message.seq.expect("seq").0));
+        }
+    }
+    let contents: Vec<String> = delivered.iter().map(|(c, _)| c.clone()).collect();
+    let sent: Vec<String> = (0..BURST).map(|i| format!("m{i}")).collect();
+    assert_eq!(contents, sent, "delivered in the order sent");
+    let first = delivered[0].1;
+    let seqs: Vec<u64> = delivered.iter().map(|(_, seq)| *seq).collect();
+    let expected: Vec<u64> = (first..first + BURST as u64).collect();
+    assert_eq!(seqs, expected, "numbered in the order sent, no gap, no duplicate");
+    bob.expect_silence(Duration::from_millis(200)).await;
+
+    // alice: her own BURST echoes from the fan-out plus one direct duplicate echo.
+    let mut echoes = Vec::new();
+    while echoes.len() < BURST + 1 {
+        if let ServerEvent::NewMessage { message } = alice.recv_event().await {
+            echoes.push((message.content, message.seq.expect("seq").0));
+        }
+    }
+    let duplicates: Vec<&(String, u64)> = echoes.iter().filter(|(c, _)| c == "m5").collect();
+    assert_eq!(duplicates.len(), 2, "the original and the duplicate's echo");
+    assert_eq!(
+        duplicates[0].1, duplicates[1].1,
+        "the resend is the stored message"
+    );
+    assert_eq!(duplicates[0].1, first + 5);
+}
+
+/// A client that sends and closes at once: everything it sent before the close frame
+/// is stored and reaches the others, even while backend calls are still in flight.
+async fn messages_sent_just_before_a_close_are_all_stored(backend: Backend) {
+    const SENT: usize = 30;
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.rate_per_sec = 10_000.0;
+        c.limits.rate_burst = 10_000;
+    })
+    .await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    let mut bob = server.join("room", "bob").await;
+    let mut alice = server.join("room", "alice").await;
+    bob.recv_until(|e| matches!(e, ServerEvent::PresenceJoin(_)))
+        .await;
+    for i in 0..SENT {
+        alice
+            .send_json(&json!({"type": "new_message", "message": {"content": format!("m{i}")}}))
+            .await;
+    }
+    alice.close().await;
+    let mut delivered = Vec::new();
+    while delivered.len() < SENT {
+        match bob.next_frame(Duration::from_secs(5)).await {
+            Some(hablar_tests::client::Frame::Json(value)) => {
+                if value["type"] == "new_message" {
+                    delivered.push(value["message"]["content"].as_str().expect("content").to_owned());
+                }
+            }
+            other => panic!("after {delivered:?}: {other:?}"),
+        }
+    }
+    let sent: Vec<String> = (0..SENT).map(|i| format!("m{i}")).collect();
+    assert_eq!(delivered, sent);
+    let (status, page) = server
+        .history("room", &hablar_tests::tokens::token("bob"), "?limit=100")
+        .await;
+    assert!(status.is_success());
+    assert_eq!(
+        page["messages"].as_array().expect("messages").len(),
+        SENT,
+        "all stored"
     );
 }
