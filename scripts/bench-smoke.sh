@@ -18,7 +18,7 @@ source scripts/bench-lib.sh
 trap 'stop_all; rm -rf "$BENCH_LOGS"' EXIT
 
 tiny=(--prefix smoke --chats 3 --members 5 --start-rate 20 --factor 2 --max-rate 40
-  --window-secs 1 --drain-secs 3 --stop-p99-ms 5000 --idle-secs 0 --strict
+  --window-secs 1 --drain-secs 3 --stop-p99-ms 5000 --idle-secs 0 --strict --trials 1
   --secret "$BENCH_SECRET" --admin-key "$BENCH_ADMIN_KEY")
 
 start_server "$BIN/hablar-server" smoke-server

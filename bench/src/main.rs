@@ -121,6 +121,10 @@ struct FanoutArgs {
     /// Bisection steps around the bound after the sweep.
     #[arg(long, default_value_t = 2)]
     refine: usize,
+    /// Trials of a step whose p99 is near the bound (within ×1.5 either way); the median
+    /// trial's figures are kept
+    #[arg(long, default_value_t = 3)]
+    trials: usize,
     /// Exit non-zero unless every connection connected, every step delivered, and no
     /// error was counted (the smoke test).
     #[arg(long)]
@@ -288,6 +292,7 @@ async fn fanout(args: FanoutArgs) -> hablar_bench::Result<bool> {
         stop_p99_ms: args.stop_p99_ms,
         bound_p99_ms: args.bound_p99_ms,
         refine: args.refine,
+        trials: args.trials.max(1),
     };
     result.steps = load::sweep(&run, &target, &mut members, &sweep).await;
     run.counters.closing.store(true, Ordering::Relaxed);

@@ -228,16 +228,21 @@ pub fn tables(runs: &[RunResult]) -> String {
             } else {
                 "—".to_owned()
             };
+            let p99 = if s.p99_trials_ms.is_empty() {
+                format!("{:.2}", s.latency.p99_ms)
+            } else {
+                let trials: Vec<String> = s.p99_trials_ms.iter().map(|p| format!("{p:.1}")).collect();
+                format!("{:.2} (median of {})", s.latency.p99_ms, trials.join(" / "))
+            };
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.1} | {:.0} | {:.0} | {frame} | {:.2} | {:.2} | {:.1} | {} | {} | {:.2} | {:.2} | {:.1} |",
+                "| {} | {} | {:.1} | {:.0} | {:.0} | {frame} | {:.2} | {p99} | {:.1} | {} | {} | {:.2} | {:.2} | {:.1} |",
                 r.target,
                 r.scenario,
                 s.offered_per_sec,
                 s.expected_per_sec,
                 s.delivered_per_sec,
                 s.latency.p50_ms,
-                s.latency.p99_ms,
                 s.latency.max_ms,
                 s.missing,
                 s.errors,
