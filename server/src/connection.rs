@@ -1,10 +1,16 @@
 //! One WebSocket connection: admission (token, chat, membership, per-user limit), the
 //! `ready` + replay, then a reader task and a writer task (split socket) raced in one
 //! `select!` with the close signals (hub, shutdown, token expiry), the close handshake on
-//! the halves they hand back, and the cleanup after (presence, typing lease).
+//! the halves they hand back, and the cleanup after (the backend calls the client's last
+//! frames still need, presence, typing lease). The reader pipelines its backend calls
+//! (`Calls`); the writer drains the connection's [`Outbox`].
 
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
@@ -15,11 +21,6 @@ use hablar_protocol::events::{
 };
 use hablar_protocol::{ChatId, ClientId, CloseCode, Epoch, ErrorCode, Seq};
 use serde::Deserialize;
-use std::collections::VecDeque;
-use std::future::{poll_fn, Future};
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
-
 use tokio::sync::{oneshot, watch};
 
 use crate::backend::{ChatEvent, NewMessage, Replay};
