@@ -73,6 +73,13 @@ SWEEP=(--factor 2 --window-secs 3 --drain-secs 4 --content-bytes 100 --stop-p99-
 
 bench() { "$BIN/hablar-bench" "$@" --secret "$BENCH_SECRET" --admin-key "$BENCH_ADMIN_KEY"; }
 
+# A run that fails leaves no results file, and its system would just be missing from the
+# report: say so under "Machine" too, where the reader of BENCHMARKS.md sees it.
+failed() {
+  echo "bench: $1 failed (logs in $BENCH_LOGS)" >&2
+  echo "warning:  the $1 run failed; its figures are missing below" >>"$OUT/machine.txt"
+}
+
 # fanout NAME SCENARIO START_RATE MAX_RATE LAYOUT_VAR DESC [target flags…]
 fanout() {
   local name=$1 scenario=$2 start=$3 max=$4 layout=$5 desc=$6
@@ -80,7 +87,7 @@ fanout() {
   local -n lay=$layout
   bench fanout --target-name "$name" --scenario "$scenario" --description "$desc" \
     "${lay[@]}" "${SWEEP[@]}" --start-rate "$start" --max-rate "$max" "$@" \
-    --out "$OUT/$name-$scenario.json" || echo "bench: $name $scenario failed" >&2
+    --out "$OUT/$name-$scenario.json" || failed "$name $scenario"
 }
 
 churn() {
@@ -88,7 +95,7 @@ churn() {
   shift
   bench churn --target-name "$name" --scenario d --description "connect/close loops" \
     "${B[@]}" --concurrency 32 --duration-secs 8 "$@" --out "$OUT/$name-d.json" ||
-    echo "bench: $name churn failed" >&2
+    failed "$name churn"
 }
 
 # The size of the new_message frames hablar-server delivered per layout (the protocol's
