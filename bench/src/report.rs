@@ -374,8 +374,19 @@ pub fn verdicts(runs: &[RunResult]) -> String {
                 ratio(ours, ceiling)
             )
         };
+        // A ceiling with no step within the bound is a failed measurement of the limit,
+        // not a limit of zero: no verdict, rather than a SHORT (or PASS) against "∞".
+        let verdict = match (ours, ceiling) {
+            (_, Some(c)) if c <= 0.0 => None,
+            (ours, ceiling) => ours.zip(ceiling).map(|(o, c)| o / c >= 0.70),
+        };
+        let text = if ceiling.is_some_and(|c| c <= 0.0) {
+            format!("{text}; the ceiling had no step within the bound, so its run needs a look")
+        } else {
+            text
+        };
         line(
-            ours.zip(ceiling).map(|(o, c)| c > 0.0 && o / c >= 0.70),
+            verdict,
             format!("scenario ({scenario}): ours ≥ 70% of the bare ceiling: {text}"),
         );
     }
@@ -660,6 +671,26 @@ mod tests {
         );
         let table = tables(&runs);
         assert!(table.contains("| 0.60× (client-frame ceiling) |"), "{table}");
+    }
+
+    #[test]
+    fn a_ceiling_without_a_step_within_the_bound_gives_no_verdict() {
+        let mk = |target: &str, rate: f64, p99: f64| RunResult {
+            target: target.into(),
+            scenario: "a".into(),
+            steps: vec![step(rate, rate, p99)],
+            ..Default::default()
+        };
+        let runs = vec![
+            mk("hablar-memory", 300_000.0, 5.0),
+            mk("ceiling-same-frames", 500_000.0, 80.0),
+        ];
+        let text = verdicts(&runs);
+        assert!(
+            text.contains("**NOT MEASURED**: scenario (a): ours ≥ 70% of the bare ceiling")
+                && text.contains("the ceiling had no step within the bound"),
+            "{text}"
+        );
     }
 
     fn run_with_frames(target: &str, rate: f64, frame_bytes: f64) -> RunResult {
