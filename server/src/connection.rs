@@ -151,6 +151,9 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
             (End::Close(CloseCode::ServerError), None)
         }
     };
+    // The socket is gone: the gauge says so before the chat hears of it, so that whoever
+    // sees the presence_leave below also sees the connection counted out.
+    app.metrics.connections.fetch_sub(1, Relaxed);
     // Whether it was typing is lost with a failed task: a stray typing_stop is harmless,
     // a missing one leaves "is typing" up on base-layer frontends.
     let typing = session.as_ref().is_none_or(|session| session.typing);
@@ -160,7 +163,6 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
         session.calls.finish(&app, &admitted, &outbox).await;
     }
     cleanup(&app, &admitted, conn_id, typing).await;
-    app.metrics.connections.fetch_sub(1, Relaxed);
     tracing::info!(%chat, user = %user, end = ?end, "disconnected");
 }
 
