@@ -18,7 +18,7 @@ use std::task::{Context, Poll, Waker};
 
 use axum::extract::ws::Utf8Bytes;
 use hablar_protocol::{Seq, UserId};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 /// One frame queued for a connection.
 #[derive(Debug, Clone)]
@@ -86,11 +86,6 @@ struct State {
 }
 
 impl State {
-    /// Takes the writer's waker if anything wakes it now.
-    fn wake(&mut self) -> Option<Waker> {
-        self.waker.take()
-    }
-
     /// Registers the writer's waker (without a clone when it is already the same).
     fn register(&mut self, cx: &Context<'_>) {
         match &self.waker {
@@ -110,6 +105,16 @@ impl Outbox {
         }
     }
 
+    /// Wakes the writer if it waits, after the lock is released (so it does not run into
+    /// it). Taking the waker means later pushes do not wake it again until it has polled.
+    fn wake_writer(mut state: MutexGuard<'_, State>) {
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// Queues a frame.
     pub fn push(&self, item: Outbound) -> Result<(), Refused> {
         let mut state = self.state.lock();
@@ -120,11 +125,7 @@ impl Outbox {
             return Err(Refused::Full);
         }
         state.queue.push_back(item);
-        let waker = state.wake();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        Self::wake_writer(state);
         Ok(())
     }
 
@@ -146,11 +147,7 @@ impl Outbox {
             state.held.insert(user.clone(), text.clone());
             PresencePush::Held
         };
-        let waker = state.wake();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        Self::wake_writer(state);
         outcome
     }
 
@@ -158,22 +155,14 @@ impl Outbox {
     pub fn ping(&self) {
         let mut state = self.state.lock();
         state.ping = true;
-        let waker = state.wake();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        Self::wake_writer(state);
     }
 
     /// Asks the writer to stop, even in the middle of a write (see [`Outbox::poll_stop`]).
     pub fn stop(&self) {
         let mut state = self.state.lock();
         state.stop = true;
-        let waker = state.wake();
-        drop(state);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        Self::wake_writer(state);
     }
 
     /// The writer is gone: later pushes are refused with [`Refused::Closed`].
