@@ -12,6 +12,7 @@ use hablar_protocol::events::{Message, ServerEvent};
 use hablar_protocol::ErrorCode;
 use hablar_tests::client::Frame;
 use hablar_tests::redis::RedisServer;
+use hablar_tests::server::no_rate_limit;
 use hablar_tests::{tokens, Client, TestServer};
 use serde_json::{json, Value};
 use tokio::time::{sleep, timeout, Instant};
@@ -21,11 +22,6 @@ const PATIENCE: Duration = Duration::from_secs(15);
 
 fn send(content: &str, client_id: &str) -> Value {
     json!({"type": "new_message", "message": {"content": content, "client_id": client_id}})
-}
-
-fn fast(config: &mut hablar_server::Config) {
-    config.limits.rate_per_sec = 10_000.0;
-    config.limits.rate_burst = 10_000;
 }
 
 fn epoch_of(message: &Message) -> String {
@@ -322,8 +318,8 @@ enum Fault {
 /// Two members on two instances send 20 messages each while Redis fails and returns.
 async fn chat_through(fault: Fault) {
     let mut redis = RedisServer::start().await;
-    let a = redis.instance_with(fast).await;
-    let b = redis.instance_with(fast).await;
+    let a = redis.instance_with(no_rate_limit).await;
+    let b = redis.instance_with(no_rate_limit).await;
     a.create_chat("room", &["alice", "bob"]).await;
     let progress = Arc::new(AtomicUsize::new(0));
     let mut alice = Member::new(&a, "alice", progress.clone());
@@ -470,8 +466,8 @@ async fn while_redis_is_down_sends_fail_with_unavailable_and_sockets_stay_open()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_published_while_an_instances_pubsub_is_cut_reach_its_clients_in_order() {
     let redis = RedisServer::start().await;
-    let a = redis.instance_with(fast).await;
-    let b = redis.instance_with(fast).await;
+    let a = redis.instance_with(no_rate_limit).await;
+    let b = redis.instance_with(no_rate_limit).await;
     a.create_chat("room", &["alice", "bob"]).await;
     let mut alice = a.join("room", "alice").await;
     let mut bob = b.join("room", "bob").await;
@@ -511,7 +507,7 @@ async fn messages_published_while_an_instances_pubsub_is_cut_reach_its_clients_i
 async fn a_burst_keeps_its_order_when_redis_loses_its_scripts() {
     const BURST: usize = 150;
     let redis = RedisServer::start().await;
-    let server = redis.instance_with(fast).await;
+    let server = redis.instance_with(no_rate_limit).await;
     server.create_chat("room", &["alice", "bob", "carol"]).await;
     let mut bob = server.join("room", "bob").await;
     let mut alice = server.join("room", "alice").await;

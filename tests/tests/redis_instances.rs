@@ -7,6 +7,7 @@ use std::time::Duration;
 use hablar_protocol::events::{Message, ServerEvent};
 use hablar_tests::client::Frame;
 use hablar_tests::redis::RedisServer;
+use hablar_tests::server::no_rate_limit;
 use hablar_tests::{tokens, Client, TestServer};
 use serde_json::json;
 
@@ -41,12 +42,6 @@ async fn expect_no_message(client: &mut Client, within: Duration) {
 
 fn seq(message: &Message) -> u64 {
     message.seq.expect("our server numbers messages").0
-}
-
-/// Fast enough for the bursts below.
-fn no_rate_limit(config: &mut hablar_server::Config) {
-    config.limits.rate_per_sec = 10_000.0;
-    config.limits.rate_burst = 10_000;
 }
 
 /// Each member sends `per_member` messages at once; every member must then see all of

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use hablar_protocol::events::ServerEvent;
-use hablar_tests::{backend_tests, Backend, TestServer};
+use hablar_tests::server::no_rate_limit;
+use hablar_tests::{backend_tests, Backend, Client, TestServer};
 use serde_json::json;
 
 backend_tests!(
@@ -207,21 +208,23 @@ async fn a_display_name_falls_back_to_token_claims_then_user_id(backend: Backend
     );
 }
 
+/// A server without rate limit, and alice and bob in "room", bob past alice's join.
+async fn alice_and_bob_unthrottled(backend: Backend) -> (TestServer, Client, Client) {
+    let server = TestServer::start_with(backend, no_rate_limit).await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    let mut bob = server.join("room", "bob").await;
+    let alice = server.join("room", "alice").await;
+    bob.recv_until(|e| matches!(e, ServerEvent::PresenceJoin(_)))
+        .await;
+    (server, alice, bob)
+}
+
 /// The server pipelines a connection's backend calls (against Redis each is a round
 /// trip): a burst must still be numbered and delivered in the order it was sent, and a
 /// resend within the burst must be answered as the duplicate it is.
 async fn a_burst_from_one_client_is_stored_and_delivered_in_send_order(backend: Backend) {
     const BURST: usize = 200;
-    let server = TestServer::start_with(backend, |c| {
-        c.limits.rate_per_sec = 10_000.0;
-        c.limits.rate_burst = 10_000;
-    })
-    .await;
-    server.create_chat("room", &["alice", "bob"]).await;
-    let mut bob = server.join("room", "bob").await;
-    let mut alice = server.join("room", "alice").await;
-    bob.recv_until(|e| matches!(e, ServerEvent::PresenceJoin(_)))
-        .await;
+    let (_server, mut alice, mut bob) = alice_and_bob_unthrottled(backend).await;
     for i in 0..BURST {
         alice
             .send_json(&json!({"type": "new_message", "message": {"content": format!("m{i}"), "client_id": format!("c-{i}")}}))
@@ -268,16 +271,7 @@ async fn a_burst_from_one_client_is_stored_and_delivered_in_send_order(backend: 
 /// is stored and reaches the others, even while backend calls are still in flight.
 async fn messages_sent_just_before_a_close_are_all_stored(backend: Backend) {
     const SENT: usize = 30;
-    let server = TestServer::start_with(backend, |c| {
-        c.limits.rate_per_sec = 10_000.0;
-        c.limits.rate_burst = 10_000;
-    })
-    .await;
-    server.create_chat("room", &["alice", "bob"]).await;
-    let mut bob = server.join("room", "bob").await;
-    let mut alice = server.join("room", "alice").await;
-    bob.recv_until(|e| matches!(e, ServerEvent::PresenceJoin(_)))
-        .await;
+    let (server, mut alice, mut bob) = alice_and_bob_unthrottled(backend).await;
     for i in 0..SENT {
         alice
             .send_json(&json!({"type": "new_message", "message": {"content": format!("m{i}")}}))

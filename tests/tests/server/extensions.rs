@@ -5,6 +5,7 @@ use std::time::Duration;
 use hablar_protocol::events::{Message, ServerEvent};
 use hablar_protocol::ErrorCode;
 use hablar_tests::client::Client;
+use hablar_tests::server::no_rate_limit;
 use hablar_tests::{backend_tests, tokens, Backend, TestServer};
 use serde_json::json;
 
@@ -82,11 +83,7 @@ async fn resume_after_a_disconnect_delivers_exactly_the_missed_messages(backend:
 }
 
 async fn resume_while_messages_flow_has_no_gap_and_no_duplicate(backend: Backend) {
-    let server = TestServer::start_with(backend, |c| {
-        c.limits.rate_per_sec = 10_000.0;
-        c.limits.rate_burst = 10_000;
-    })
-    .await;
+    let server = TestServer::start_with(backend, no_rate_limit).await;
     server.create_chat("room", &["alice", "bob"]).await;
     let mut alice = server.connect("room", &tokens::token("alice")).await;
     let epoch = alice.ready().await.epoch;

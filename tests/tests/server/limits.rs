@@ -6,6 +6,7 @@ use std::time::Duration;
 use hablar_protocol::events::ServerEvent;
 use hablar_protocol::ErrorCode;
 use hablar_tests::client::{Client, Frame};
+use hablar_tests::server::no_rate_limit;
 use hablar_tests::{backend_tests, tokens, Backend, TestServer};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -82,9 +83,8 @@ async fn flooding_gets_rate_limited_then_closed_with_1008(backend: Backend) {
 
 async fn a_client_that_does_not_read_is_closed_with_4408(backend: Backend) {
     let server = TestServer::start_with(backend, |c| {
+        no_rate_limit(c);
         c.limits.outbound_queue = 8;
-        c.limits.rate_burst = 10_000;
-        c.limits.rate_per_sec = 10_000.0;
     })
     .await;
     server.create_chat("room", &["alice", "sloth"]).await;
