@@ -542,11 +542,11 @@ async fn run_calls(app: Arc<AppState>, chat: ChatId, ops: Vec<Op>) -> Vec<Outcom
             Op::Append { client_id, message } => {
                 let mut client_ids = vec![client_id];
                 let mut messages = vec![message];
-                while let Some(Op::Append { .. }) = ops.peek() {
-                    if let Some(Op::Append { client_id, message }) = ops.next() {
-                        client_ids.push(client_id);
-                        messages.push(message);
-                    }
+                while let Some(Op::Append { client_id, message }) =
+                    ops.next_if(|op| matches!(op, Op::Append { .. }))
+                {
+                    client_ids.push(client_id);
+                    messages.push(message);
                 }
                 let results = backend.append_batch(&chat, messages).await;
                 let mut results = results.into_iter();
