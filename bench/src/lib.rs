@@ -11,6 +11,7 @@
 //! - `procfs`: RSS and CPU seconds of a process from `/proc`.
 //! - `admin`: a tiny HTTP/1.1 client for the server's admin API (seeding chats).
 //! - `load`: connections, the scenarios (fan-out sweep, idle, churn) and their results.
+//! - `wire`: the minimal WebSocket client every generated connection uses.
 //! - `report`: results → the figures table, the verdicts and the SVG chart.
 
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod payload;
 pub mod procfs;
 pub mod report;
 pub mod stats;
+pub mod wire;
 
 /// Errors of the load generator.
 #[derive(Debug, thiserror::Error)]
@@ -28,9 +30,6 @@ pub enum Error {
     /// A socket or file operation failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// The WebSocket layer failed.
-    #[error("websocket: {0}")]
-    Ws(#[from] tokio_tungstenite::tungstenite::Error),
     /// A results file was not valid JSON of the expected shape.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),

@@ -6,26 +6,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::admin::Layout;
 use crate::pacing::Pacer;
 use crate::payload::{self, Padding, Received};
 use crate::procfs::{self, Usage};
 use crate::stats::{Latency, Recorder};
+use crate::wire::{self, Event, Reader, Writer};
 use crate::{jwt, Error, Result};
-
-type Ws = WebSocketStream<TcpStream>;
-type Sink = SplitSink<Ws, Message>;
 
 /// The system under test, as the generator sees it.
 #[derive(Debug, Clone)]
@@ -91,46 +82,39 @@ impl Run {
     }
 }
 
-fn ws_config() -> WebSocketConfig {
-    // 10,000 connections with the default 128 KiB read buffers would cost the generator
-    // 1.3 GB; frames here are a few hundred bytes.
-    WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
-        .write_buffer_size(0)
+/// What a received text message is (a message that is not UTF-8 is nothing we sent).
+fn classify(text: &[u8]) -> Received {
+    std::str::from_utf8(text).map_or(Received::Other, payload::classify)
 }
 
 /// Opens one connection of `user` to `chat` and waits until it counts as connected.
-pub async fn open(target: &Target, base: &str, chat: &str, user: &str, jti: u64) -> Result<Ws> {
+pub async fn open(target: &Target, base: &str, chat: &str, user: &str, jti: u64) -> Result<(Reader, Writer)> {
     let token = jwt::mint(&target.secret, user, 3600, jti);
-    let url = format!("{base}/ws/chat/{chat}/?token={token}");
-    let mut request = url.as_str().into_client_request()?;
-    if let Some(origin) = &target.origin {
-        let value = HeaderValue::from_str(origin).map_err(|e| Error::Scenario(e.to_string()))?;
-        request.headers_mut().insert("Origin", value);
-    }
+    let path = format!("/ws/chat/{chat}/?token={token}");
     let host = base.trim_start_matches("ws://");
-    let stream = TcpStream::connect(host).await?;
-    stream.set_nodelay(true)?;
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config())).await?;
+    let (mut reader, writer) = wire::connect(host, &path, target.origin.as_deref()).await?;
     if target.wait_ready {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(text))) => {
-                    if payload::classify(&text) == Received::Ready {
-                        break;
+        let mut admitted: Option<Result<()>> = None;
+        while admitted.is_none() {
+            let open = reader
+                .read(&mut |event| match event {
+                    Event::Text(text) if admitted.is_none() && classify(text) == Received::Ready => {
+                        admitted = Some(Ok(()));
                     }
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
-                    return Err(Error::Refused(format!("closed with {code}")));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(err)) => return Err(err.into()),
-                None => return Err(Error::Refused("closed before ready".into())),
+                    Event::Close(code) if admitted.is_none() => {
+                        let code = code.unwrap_or(1005);
+                        admitted = Some(Err(Error::Refused(format!("closed with {code}"))));
+                    }
+                    _ => {}
+                })
+                .await?;
+            if !open && admitted.is_none() {
+                return Err(Error::Refused("closed before ready".into()));
             }
         }
+        admitted.expect("set by the loop")?;
     }
-    Ok(ws)
+    Ok((reader, writer))
 }
 
 /// A connected member: the write half (kept so the socket stays open, and used by
@@ -139,7 +123,7 @@ pub struct Member {
     /// Index of the chat in the layout.
     pub chat: usize,
     /// The write half.
-    pub sink: Sink,
+    pub writer: Writer,
     /// Cleared by the reader when the server closes or loses the connection, so the
     /// expected deliveries only count members still there.
     pub alive: Arc<AtomicBool>,
@@ -152,15 +136,11 @@ impl Drop for Member {
     }
 }
 
-fn spawn_reader(
-    run: Arc<Run>,
-    alive: Arc<AtomicBool>,
-    mut stream: futures_util::stream::SplitStream<Ws>,
-) -> JoinHandle<()> {
+fn spawn_reader(run: Arc<Run>, alive: Arc<AtomicBool>, mut reader: Reader) -> JoinHandle<()> {
     tokio::spawn(async move {
-        while let Some(frame) = stream.next().await {
-            match frame {
-                Ok(Message::Text(text)) => match payload::classify(&text) {
+        let mut on_event = |event: Event<'_>| {
+            if let Event::Text(text) = event {
+                match classify(text) {
                     Received::Message { step, sent_us } => {
                         let now = run.now_us();
                         run.recorder.record(step, now.saturating_sub(sent_us), text.len());
@@ -169,11 +149,10 @@ fn spawn_reader(
                         run.counters.error_events.fetch_add(1, Ordering::Relaxed);
                     }
                     Received::Ready | Received::Other => {}
-                },
-                Ok(Message::Close(_)) | Err(_) => break,
-                Ok(_) => {}
+                }
             }
-        }
+        };
+        while let Ok(true) = reader.read(&mut on_event).await {}
         alive.store(false, Ordering::Relaxed);
         if !run.counters.closing.load(Ordering::Relaxed) {
             run.counters.unexpected_closes.fetch_add(1, Ordering::Relaxed);
@@ -229,14 +208,13 @@ pub async fn connect_layout(
     };
     while let Some((chat, opened)) = results.next().await {
         match opened {
-            Ok((ws, took)) => {
+            Ok(((reader, writer), took)) => {
                 times.push(took);
-                let (sink, stream) = ws.split();
                 let alive = Arc::new(AtomicBool::new(true));
-                let reader = spawn_reader(run.clone(), alive.clone(), stream);
+                let reader = spawn_reader(run.clone(), alive.clone(), reader);
                 members.push(Member {
                     chat,
-                    sink,
+                    writer,
                     alive,
                     reader,
                 });
@@ -488,7 +466,7 @@ async fn measure_step(
         let (index, fan) = publishers[(n as usize) % publishers.len()];
         let sent_us = (due.into_std() - run.epoch).as_micros() as u64;
         let frame = payload::new_message(step, sent_us, n, sweep.padding);
-        if members[index].sink.send(Message::text(frame)).await.is_err() {
+        if members[index].writer.send_text(&frame).await.is_err() {
             run.counters.send_errors.fetch_add(1, Ordering::Relaxed);
         } else {
             expected += fan;
@@ -598,12 +576,12 @@ pub async fn churn(target: &Target, layout: &Layout, concurrency: usize, duratio
                 .await
                 .unwrap_or_else(|_| Err(Error::Refused("connect timed out".into())));
                 match opened {
-                    Ok(mut ws) => {
+                    Ok((mut reader, writer)) => {
                         times.push(t0.elapsed());
                         // A clean close: send ours, read until the server's close arrives.
-                        let _ = ws.close(None).await;
+                        let _ = writer.close(1000).await;
                         let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                            while let Some(Ok(_)) = ws.next().await {}
+                            while let Ok(true) = reader.read(&mut |_| {}).await {}
                         })
                         .await;
                     }
