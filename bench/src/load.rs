@@ -128,6 +128,11 @@ pub struct Member {
     /// expected deliveries only count members still there.
     pub alive: Arc<AtomicBool>,
     reader: JoinHandle<()>,
+    /// Where and as whom it connected, to connect again (see [`reconnect_lost`]).
+    base: String,
+    chat_name: String,
+    user: String,
+    jti: u64,
 }
 
 impl Drop for Member {
@@ -196,7 +201,8 @@ pub async fn connect_layout(
             let t0 = Instant::now();
             let opened = tokio::time::timeout(timeout, open(target, &base, &chat, &user, j as u64)).await;
             let opened = opened.unwrap_or_else(|_| Err(Error::Refused("connect timed out".into())));
-            (i, opened.map(|ws| (ws, t0.elapsed())))
+            let took = t0.elapsed();
+            (i, opened.map(|ws| (ws, took, (base, chat, user, j as u64))))
         }
     }))
     .buffer_unordered(concurrency.max(1));
@@ -208,7 +214,7 @@ pub async fn connect_layout(
     };
     while let Some((chat, opened)) = results.next().await {
         match opened {
-            Ok(((reader, writer), took)) => {
+            Ok(((reader, writer), took, (base, chat_name, user, jti))) => {
                 times.push(took);
                 let alive = Arc::new(AtomicBool::new(true));
                 let reader = spawn_reader(run.clone(), alive.clone(), reader);
@@ -217,6 +223,10 @@ pub async fn connect_layout(
                     writer,
                     alive,
                     reader,
+                    base,
+                    chat_name,
+                    user,
+                    jti,
                 });
             }
             Err(err) => {
@@ -230,6 +240,66 @@ pub async fn connect_layout(
     result.per_sec = result.connected as f64 / result.secs.max(1e-9);
     result.latency = Latency::of_durations(&times);
     (members, result)
+}
+
+/// Connects again the members the server closed, `concurrency` at a time, and returns
+/// how many could not be. A step past the peak may close every member (hablar-server
+/// closes a reader that is 256 frames behind with 4408); the bisection below that step
+/// needs the whole layout back, or it could not measure at all.
+pub async fn reconnect_lost(
+    run: &Arc<Run>,
+    target: &Target,
+    members: &mut [Member],
+    round: u64,
+    concurrency: usize,
+) -> usize {
+    let lost: Vec<usize> = (0..members.len())
+        .filter(|&i| !members[i].alive.load(Ordering::Relaxed))
+        .collect();
+    if lost.is_empty() {
+        return 0;
+    }
+    let jobs: Vec<_> = lost
+        .iter()
+        .map(|&i| {
+            let m = &members[i];
+            // A token of its own: the first connection's may not be reused.
+            let jti = m.jti | (round << 40);
+            (i, m.base.clone(), m.chat_name.clone(), m.user.clone(), jti)
+        })
+        .collect();
+    let opened: Vec<_> =
+        futures_util::stream::iter(jobs.into_iter().map(|(i, base, chat, user, jti)| async move {
+            let opened =
+                tokio::time::timeout(Duration::from_secs(10), open(target, &base, &chat, &user, jti)).await;
+            (
+                i,
+                opened.unwrap_or_else(|_| Err(Error::Refused("connect timed out".into()))),
+            )
+        }))
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut missing = 0;
+    for (i, opened) in opened {
+        match opened {
+            Ok((reader, writer)) => {
+                let member = &mut members[i];
+                member.reader.abort();
+                let alive = Arc::new(AtomicBool::new(true));
+                member.reader = spawn_reader(run.clone(), alive.clone(), reader);
+                member.alive = alive;
+                member.writer = writer;
+            }
+            Err(_) => missing += 1,
+        }
+    }
+    eprintln!(
+        "  connected again {} of the {} members the last step lost",
+        lost.len() - missing,
+        lost.len()
+    );
+    missing
 }
 
 /// One step of a rate sweep.
@@ -368,9 +438,11 @@ async fn refine(
     mut good: f64,
     mut bad: f64,
 ) {
-    for _ in 0..sweep.refine {
-        // The last step was beyond the bound: give the system time to recover.
+    for round in 0..sweep.refine {
+        // The last step was beyond the bound: give the system time to recover, and bring
+        // back the members it closed.
         tokio::time::sleep(Duration::from_secs(2)).await;
+        reconnect_lost(run, target, members, steps.len() as u64 + round as u64, 100).await;
         let rate = (good * bad).sqrt();
         let id = steps.len() as u32;
         let Some((result, _)) = measure_trials(run, target, members, sweep, id, rate).await else {
@@ -676,6 +748,107 @@ mod tests {
         assert_eq!(median.latency.p99_ms, 48.0);
         assert_eq!(expected, 7);
         assert_eq!(median.p99_trials_ms, [70.0, 40.0, 48.0], "in the order measured");
+    }
+
+    /// Members the server closed are connected again, as the same users of the same chats
+    /// with fresh tokens, and read again; members still open are left alone.
+    #[tokio::test]
+    async fn members_the_server_closed_are_connected_again() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let host = listener.local_addr().expect("addr").to_string();
+        // Every request line the server saw, and the sockets of the first three.
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+        let (close_tx, mut close_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let server_seen = seen.clone();
+        tokio::spawn(async move {
+            let mut first = Vec::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let (mut socket, _) = accepted.expect("accept");
+                        let mut head = Vec::new();
+                        while !head.ends_with(b"\r\n\r\n") {
+                            let mut byte = [0u8; 1];
+                            socket.read_exact(&mut byte).await.expect("request");
+                            head.push(byte[0]);
+                        }
+                        let head = String::from_utf8(head).expect("utf-8");
+                        let key = head.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).expect("key");
+                        let response = format!(
+                            "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                            derive_accept_key(key.as_bytes())
+                        );
+                        socket.write_all(response.as_bytes()).await.expect("write");
+                        server_seen.lock().push(head.lines().next().expect("request line").to_owned());
+                        first.push(socket);
+                    }
+                    Some(()) = close_rx.recv() => {
+                        // Close the first two as a server closes slow readers: 4408.
+                        for mut socket in first.drain(..2) {
+                            socket.write_all(&[0x88, 2, 0x11, 0x38]).await.expect("close");
+                        }
+                    }
+                }
+            }
+        });
+        let run = Run::new();
+        let target = Target {
+            ws: vec![format!("ws://{host}")],
+            wait_ready: false,
+            origin: None,
+            secret: "bench-test".into(),
+            pids: Vec::new(),
+        };
+        let layout = Layout {
+            prefix: "r".into(),
+            chats: 1,
+            members: 3,
+        };
+        let (mut members, connected) =
+            connect_layout(&run, &target, &layout, 3, Duration::from_secs(5)).await;
+        assert_eq!(connected.connected, 3);
+        close_tx.send(()).expect("server");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while members.iter().filter(|m| m.alive.load(Ordering::Relaxed)).count() > 1 {
+            assert!(Instant::now() < deadline, "the closes did not arrive");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let lost: Vec<String> = members
+            .iter()
+            .filter(|m| !m.alive.load(Ordering::Relaxed))
+            .map(|m| m.user.clone())
+            .collect();
+        assert_eq!(reconnect_lost(&run, &target, &mut members, 1, 10).await, 0);
+        assert!(members.iter().all(|m| m.alive.load(Ordering::Relaxed)));
+        let seen = seen.lock().clone();
+        assert_eq!(seen.len(), 5, "three connects, then two again: {seen:?}");
+        // The same chat, with tokens of the same users that were not used before.
+        assert!(
+            seen.iter().all(|l| l.starts_with("GET /ws/chat/r0/?token=")),
+            "{seen:?}"
+        );
+        let tokens: std::collections::HashSet<&str> = seen.iter().map(|l| l.as_str()).collect();
+        assert_eq!(tokens.len(), 5, "a token was reused: {seen:?}");
+        let user_of = |line: &String| {
+            let token = line
+                .split("token=")
+                .nth(1)
+                .and_then(|t| t.split(' ').next())
+                .expect("token");
+            let claims = token.split('.').nth(1).expect("claims");
+            let claims = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims)
+                .expect("base64");
+            let claims: serde_json::Value = serde_json::from_slice(&claims).expect("json");
+            claims["user_id"].as_str().expect("user_id").to_owned()
+        };
+        let mut again: Vec<String> = seen[3..].iter().map(user_of).collect();
+        let mut lost = lost;
+        again.sort();
+        lost.sort();
+        assert_eq!(again, lost, "the lost members, each once");
     }
 
     #[test]
