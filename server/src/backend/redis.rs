@@ -1124,40 +1124,75 @@ async fn heartbeat(inner: Arc<Inner>) {
             by_chat.entry(chat.clone()).or_default().push(local.user.clone());
         }
         for (chat, users) in by_chat {
-            let mut invocation = inner.scripts.presence_beat.prepare_invoke();
-            invocation
-                .key(inner.keys.presence(&chat))
-                .key(inner.keys.presence_names(&chat))
-                .arg(ttl);
-            for user in &users {
-                invocation
-                    .arg(format!("{}:{}", inner.instance, user.user_id.as_str()))
-                    .arg(user.user_id.as_str())
-                    .arg(&user.username);
-            }
-            let mut conn = inner.conn.clone();
-            let gone: Vec<String> = match inner.run(invocation.invoke_async(&mut conn)).await {
-                Ok(gone) => gone,
-                Err(err) => {
-                    tracing::debug!(%chat, error = %err, "presence heartbeat failed");
-                    continue;
-                }
-            };
-            for pair in gone.chunks_exact(2) {
-                let Ok(user_id) = UserId::new(pair[0].clone()) else {
-                    continue;
-                };
-                let event = ChatEvent::Broadcast {
-                    event: ServerEvent::PresenceLeave(PresenceUser {
-                        user_id,
-                        username: pair[1].clone(),
-                    }),
-                    skip_user: None,
-                };
-                if let Err(err) = inner.publish_event(&chat, &event).await {
-                    tracing::debug!(%chat, error = %err, "presence leave of an expired lease not sent");
-                }
-            }
+            beat(&inner, &chat, users).await;
+        }
+    }
+}
+
+/// One chat's heartbeat: renews the leases of `users` (this instance's, as they were when
+/// the beat started), announces the users of any instance whose last lease expired, then
+/// takes back the lease of anyone who left while the beat was on its way.
+///
+/// The beat re-adds a lease that is missing (Redis may have lost it), so a user whose
+/// `presence_leave` ran between the snapshot and the script came back as a ghost: shown
+/// online for a whole lease, then announced as leaving a second time when it expired.
+async fn beat(inner: &Inner, chat: &ChatId, users: Vec<PresenceUser>) {
+    let ttl = inner.opts.presence_ttl_ms.max(3);
+    let mut invocation = inner.scripts.presence_beat.prepare_invoke();
+    invocation
+        .key(inner.keys.presence(chat))
+        .key(inner.keys.presence_names(chat))
+        .arg(ttl);
+    for user in &users {
+        invocation
+            .arg(format!("{}:{}", inner.instance, user.user_id.as_str()))
+            .arg(user.user_id.as_str())
+            .arg(&user.username);
+    }
+    let mut conn = inner.conn.clone();
+    let gone: Vec<String> = match inner.run(invocation.invoke_async(&mut conn)).await {
+        Ok(gone) => gone,
+        Err(err) => {
+            tracing::debug!(%chat, error = %err, "presence heartbeat failed");
+            return;
+        }
+    };
+    for pair in gone.chunks_exact(2) {
+        let Ok(user_id) = UserId::new(pair[0].clone()) else {
+            continue;
+        };
+        let event = ChatEvent::Broadcast {
+            event: ServerEvent::PresenceLeave(PresenceUser {
+                user_id,
+                username: pair[1].clone(),
+            }),
+            skip_user: None,
+        };
+        if let Err(err) = inner.publish_event(chat, &event).await {
+            tracing::debug!(%chat, error = %err, "presence leave of an expired lease not sent");
+        }
+    }
+    for user in users {
+        let key = (chat.clone(), user.user_id);
+        if inner.presence.lock().contains_key(&key) {
+            continue;
+        }
+        // Ordered with this user's joins and leaves, and checked again under the lock: a
+        // user who came back meanwhile keeps the lease the join wrote.
+        let _order = inner.presence_order(chat, &key.1).lock().await;
+        if inner.presence.lock().contains_key(&key) {
+            continue;
+        }
+        // Their leave was announced already; this only takes the renewed lease back out.
+        let mut invocation = inner.scripts.presence_leave.prepare_invoke();
+        invocation
+            .key(inner.keys.presence(chat))
+            .key(inner.keys.presence_names(chat))
+            .arg(format!("{}:{}", inner.instance, key.1.as_str()))
+            .arg(key.1.as_str());
+        let mut conn = inner.conn.clone();
+        if let Err(err) = inner.run(invocation.invoke_async::<i64>(&mut conn)).await {
+            tracing::debug!(%chat, error = %err, "a lease renewed after its leave was not taken back");
         }
     }
 }
@@ -1251,5 +1286,142 @@ mod tests {
                 skip_user: None
             }
         );
+    }
+
+    /// A `redis-server` of the test's own on a free port (scripts/setup.sh installs it);
+    /// killed on drop.
+    struct TestRedis {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl TestRedis {
+        async fn start() -> Self {
+            for _ in 0..5 {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("a free port")
+                    .port();
+                let mut child = std::process::Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("redis-server (scripts/setup.sh installs it)");
+                for _ in 0..100 {
+                    if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                        return Self { child, port };
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            panic!("redis-server did not start on any of 5 free ports");
+        }
+
+        fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}/0", self.port)
+        }
+    }
+
+    impl Drop for TestRedis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    struct Discard;
+
+    impl EventSink for Discard {
+        fn deliver(&self, _: &ChatId, _: &ChatEvent) {}
+    }
+
+    fn user(id: &str) -> PresenceUser {
+        PresenceUser {
+            user_id: UserId::new(id).expect("user"),
+            username: id.to_uppercase(),
+        }
+    }
+
+    /// A backend whose own heartbeat stays out of the way (one beat every 200 s), so that
+    /// the test runs its beats itself.
+    async fn backend_without_heartbeat(redis: &TestRedis) -> RedisBackend {
+        let opts = RedisOptions {
+            presence_ttl_ms: 600_000,
+            ..RedisOptions::default()
+        };
+        RedisBackend::connect(&redis.url(), Arc::new(Discard), 100, opts)
+            .await
+            .expect("connect")
+    }
+
+    async fn leases(inner: &Inner, chat: &ChatId) -> (Vec<String>, HashMap<String, String>) {
+        use redis::AsyncCommands;
+        let mut conn = inner.conn.clone();
+        let leases: Vec<String> = conn
+            .zrange(inner.keys.presence(chat), 0, -1)
+            .await
+            .expect("zrange");
+        let names: HashMap<String, String> = conn
+            .hgetall(inner.keys.presence_names(chat))
+            .await
+            .expect("hgetall");
+        (leases, names)
+    }
+
+    /// The race of a leave with a beat that had already taken its snapshot: the beat used
+    /// to write the lease back, so she stayed online for a whole lease after leaving and
+    /// was announced as leaving a second time when it expired.
+    #[tokio::test]
+    async fn a_beat_that_saw_a_user_before_she_left_does_not_bring_her_back() {
+        let redis = TestRedis::start().await;
+        let backend = backend_without_heartbeat(&redis).await;
+        let chat = ChatId::new("c").expect("chat");
+        let alice = user("alice");
+        backend.presence_join(&chat, &alice).await.expect("join");
+        // What the heartbeat holds when the beat starts.
+        let snapshot = vec![alice.clone()];
+        assert!(backend
+            .presence_leave(&chat, &alice.user_id)
+            .await
+            .expect("leave"));
+        beat(&backend.inner, &chat, snapshot).await;
+        let (leases, names) = leases(&backend.inner, &chat).await;
+        assert!(leases.is_empty(), "a lease outlived the leave: {leases:?}");
+        assert!(names.is_empty(), "a name outlived the leave: {names:?}");
+        let bob = user("bob");
+        let joined = backend.presence_join(&chat, &bob).await.expect("join");
+        assert_eq!(joined.online, vec![bob]);
+    }
+
+    /// What the beat is for still holds: it renews the leases of users still connected,
+    /// and writes back those Redis lost.
+    #[tokio::test]
+    async fn a_beat_writes_back_the_leases_redis_lost_of_users_still_here() {
+        use redis::AsyncCommands;
+        let redis = TestRedis::start().await;
+        let backend = backend_without_heartbeat(&redis).await;
+        let chat = ChatId::new("c").expect("chat");
+        let (carol, dave) = (user("carol"), user("dave"));
+        backend.presence_join(&chat, &carol).await.expect("join");
+        backend.presence_join(&chat, &dave).await.expect("join");
+        let mut conn = backend.inner.conn.clone();
+        let _: () = conn
+            .del(&[
+                backend.inner.keys.presence(&chat),
+                backend.inner.keys.presence_names(&chat),
+            ])
+            .await
+            .expect("del");
+        beat(&backend.inner, &chat, vec![carol, dave]).await;
+        let (mut leases, names) = leases(&backend.inner, &chat).await;
+        leases.sort();
+        let instance = &backend.inner.instance;
+        assert_eq!(leases, [format!("{instance}:carol"), format!("{instance}:dave")]);
+        assert_eq!(names.get("carol").map(String::as_str), Some("CAROL"));
+        assert_eq!(names.get("dave").map(String::as_str), Some("DAVE"));
     }
 }
