@@ -117,6 +117,20 @@ pub async fn open(target: &Target, base: &str, chat: &str, user: &str, jti: u64)
     Ok((reader, writer))
 }
 
+/// [`open`], given up after `timeout`.
+async fn open_within(
+    timeout: Duration,
+    target: &Target,
+    base: &str,
+    chat: &str,
+    user: &str,
+    jti: u64,
+) -> Result<(Reader, Writer)> {
+    tokio::time::timeout(timeout, open(target, base, chat, user, jti))
+        .await
+        .unwrap_or_else(|_| Err(Error::Refused("connect timed out".into())))
+}
+
 /// A connected member: the write half (kept so the socket stays open, and used by
 /// publishers) and the task reading and recording its deliveries.
 pub struct Member {
@@ -199,8 +213,7 @@ pub async fn connect_layout(
         let (chat, user) = (layout.chat(i), layout.user(i, k));
         async move {
             let t0 = Instant::now();
-            let opened = tokio::time::timeout(timeout, open(target, &base, &chat, &user, j as u64)).await;
-            let opened = opened.unwrap_or_else(|_| Err(Error::Refused("connect timed out".into())));
+            let opened = open_within(timeout, target, &base, &chat, &user, j as u64).await;
             let took = t0.elapsed();
             (i, opened.map(|ws| (ws, took, (base, chat, user, j as u64))))
         }
@@ -270,11 +283,9 @@ pub async fn reconnect_lost(
         .collect();
     let opened: Vec<_> =
         futures_util::stream::iter(jobs.into_iter().map(|(i, base, chat, user, jti)| async move {
-            let opened =
-                tokio::time::timeout(Duration::from_secs(10), open(target, &base, &chat, &user, jti)).await;
             (
                 i,
-                opened.unwrap_or_else(|_| Err(Error::Refused("connect timed out".into()))),
+                open_within(Duration::from_secs(10), target, &base, &chat, &user, jti).await,
             )
         }))
         .buffer_unordered(concurrency.max(1))
@@ -641,12 +652,15 @@ pub async fn churn(target: &Target, layout: &Layout, concurrency: usize, duratio
                 let base = &target.ws[j % target.ws.len()];
                 let t0 = Instant::now();
                 jti += 1;
-                let opened = tokio::time::timeout(
+                let opened = open_within(
                     Duration::from_secs(10),
-                    open(&target, base, &layout.chat(i), &layout.user(i, k), jti),
+                    &target,
+                    base,
+                    &layout.chat(i),
+                    &layout.user(i, k),
+                    jti,
                 )
-                .await
-                .unwrap_or_else(|_| Err(Error::Refused("connect timed out".into())));
+                .await;
                 match opened {
                     Ok((mut reader, writer)) => {
                         times.push(t0.elapsed());
@@ -754,8 +768,7 @@ mod tests {
     /// with fresh tokens, and read again; members still open are left alone.
     #[tokio::test]
     async fn members_the_server_closed_are_connected_again() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+        use tokio::io::AsyncWriteExt;
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let host = listener.local_addr().expect("addr").to_string();
@@ -769,19 +782,7 @@ mod tests {
                 tokio::select! {
                     accepted = listener.accept() => {
                         let (mut socket, _) = accepted.expect("accept");
-                        let mut head = Vec::new();
-                        while !head.ends_with(b"\r\n\r\n") {
-                            let mut byte = [0u8; 1];
-                            socket.read_exact(&mut byte).await.expect("request");
-                            head.push(byte[0]);
-                        }
-                        let head = String::from_utf8(head).expect("utf-8");
-                        let key = head.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).expect("key");
-                        let response = format!(
-                            "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                            derive_accept_key(key.as_bytes())
-                        );
-                        socket.write_all(response.as_bytes()).await.expect("write");
+                        let head = crate::wire::accept_upgrade(&mut socket, &[]).await;
                         server_seen.lock().push(head.lines().next().expect("request line").to_owned());
                         first.push(socket);
                     }

@@ -300,6 +300,32 @@ fn next_mask_seed() -> u32 {
     SEEDS.fetch_add(0x6d2b_79f5, Ordering::Relaxed) | 1
 }
 
+/// The server's side of a handshake, for tests that play the server over a real socket.
+#[cfg(test)]
+pub(crate) async fn accept_upgrade(socket: &mut TcpStream, then: &[u8]) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        socket.read_exact(&mut byte).await.expect("request");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).expect("utf-8");
+    let key = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+        .expect("key");
+    let mut out = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    )
+    .into_bytes();
+    // Frames sent in the same segment as the response.
+    out.extend_from_slice(then);
+    socket.write_all(&out).await.expect("write");
+    head
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,28 +408,10 @@ mod tests {
         let host = listener.local_addr().expect("addr").to_string();
         let server = tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.expect("accept");
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut byte = [0u8; 1];
-                socket.read_exact(&mut byte).await.expect("request");
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8(head).expect("utf-8");
+            // A first message in the same segment as the handshake response.
+            let head = accept_upgrade(&mut socket, &server_frame(true, TEXT, b"first")).await;
             assert!(head.starts_with("GET /ws/chat/c/?token=t HTTP/1.1\r\n"), "{head}");
             assert!(head.contains("\r\nOrigin: http://o\r\n"), "{head}");
-            let key = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-                .expect("key");
-            let mut out = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Accept: {}\r\n\r\n",
-                derive_accept_key(key.as_bytes())
-            )
-            .into_bytes();
-            // A first message in the same segment as the handshake response.
-            out.extend(server_frame(true, TEXT, b"first"));
-            socket.write_all(&out).await.expect("write");
             let second = server_frame(true, TEXT, &[b'z'; 200]);
             socket.write_all(&second[..7]).await.expect("write");
             tokio::time::sleep(std::time::Duration::from_millis(30)).await;
@@ -450,24 +458,7 @@ mod tests {
         let (hold, held) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.expect("accept");
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                let mut byte = [0u8; 1];
-                socket.read_exact(&mut byte).await.expect("request");
-                head.push(byte[0]);
-            }
-            let head = String::from_utf8(head).expect("utf-8");
-            let key = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
-                .expect("key");
-            let mut out = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                derive_accept_key(key.as_bytes())
-            )
-            .into_bytes();
-            out.extend(server_frame(true, TEXT, br#"{"type":"ready"}"#));
-            socket.write_all(&out).await.expect("write");
+            accept_upgrade(&mut socket, &server_frame(true, TEXT, br#"{"type":"ready"}"#)).await;
             // Keep the connection open and silent until the test is over.
             let _ = held.await;
         });
