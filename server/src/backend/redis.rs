@@ -447,6 +447,20 @@ impl RedisBackend {
 }
 
 impl Inner {
+    /// Removes this instance's lease of `user` in `chat` (the `presence_leave` script);
+    /// `true` when no live lease of the user is left on any instance.
+    async fn remove_lease(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
+        let mut invocation = self.scripts.presence_leave.prepare_invoke();
+        invocation
+            .key(self.keys.presence(chat))
+            .key(self.keys.presence_names(chat))
+            .arg(format!("{}:{}", self.instance, user.as_str()))
+            .arg(user.as_str());
+        let mut conn = self.conn.clone();
+        let last: i64 = self.run(invocation.invoke_async(&mut conn)).await?;
+        Ok(last == 1)
+    }
+
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.opts.timeout_ms.max(1))
     }
@@ -873,16 +887,8 @@ impl Backend for RedisBackend {
             }
             local.remove(&key);
         }
-        let mut invocation = inner.scripts.presence_leave.prepare_invoke();
-        invocation
-            .key(inner.keys.presence(chat))
-            .key(inner.keys.presence_names(chat))
-            .arg(format!("{}:{}", inner.instance, user.as_str()))
-            .arg(user.as_str());
-        let mut conn = inner.conn.clone();
         // On failure the lease runs out and another instance's heartbeat announces it.
-        let last: i64 = inner.run(invocation.invoke_async(&mut conn)).await?;
-        Ok(last == 1)
+        inner.remove_lease(chat, user).await
     }
 }
 
@@ -1184,14 +1190,7 @@ async fn beat(inner: &Inner, chat: &ChatId, users: Vec<PresenceUser>) {
             continue;
         }
         // Their leave was announced already; this only takes the renewed lease back out.
-        let mut invocation = inner.scripts.presence_leave.prepare_invoke();
-        invocation
-            .key(inner.keys.presence(chat))
-            .key(inner.keys.presence_names(chat))
-            .arg(format!("{}:{}", inner.instance, key.1.as_str()))
-            .arg(key.1.as_str());
-        let mut conn = inner.conn.clone();
-        if let Err(err) = inner.run(invocation.invoke_async::<i64>(&mut conn)).await {
+        if let Err(err) = inner.remove_lease(chat, &key.1).await {
             tracing::debug!(%chat, error = %err, "a lease renewed after its leave was not taken back");
         }
     }
