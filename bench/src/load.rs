@@ -739,6 +739,11 @@ pub struct RunResult {
     pub generator_cpu_secs: f64,
     /// Generator peak RSS at the end, KiB.
     pub generator_rss_kb: u64,
+    /// Set by `report` when the run swept this system and scenario more than once: the
+    /// fan-out figure of every sweep, in run order (0 for a sweep with no step within the
+    /// bound). This result is the median sweep; see `report::load`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sweep_figures: Vec<f64>,
 }
 
 /// Reads the summed usage of the target's processes.

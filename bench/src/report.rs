@@ -82,18 +82,65 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 }
 
 /// Loads every `*.json` results file of `dir`, sorted by system then scenario.
+///
+/// A system and scenario swept more than once in the run (`bench.sh` sweeps the pairs of
+/// scenario (e) several times, alternating, because the machine's noise drifts over
+/// minutes) is reported by its median sweep, by fan-out figure, with every sweep's figure
+/// in [`RunResult::sweep_figures`]. Files are read in name order, which is run order.
 pub fn load(dir: &Path) -> Result<Vec<RunResult>> {
-    let mut runs = Vec::new();
+    let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "json") {
-            runs.push(serde_json::from_str::<RunResult>(&std::fs::read_to_string(
-                &path,
-            )?)?);
+            paths.push(path);
         }
     }
+    paths.sort();
+    let mut sweeps: BTreeMap<(String, String), Vec<RunResult>> = BTreeMap::new();
+    for path in paths {
+        let run = serde_json::from_str::<RunResult>(&std::fs::read_to_string(&path)?)?;
+        sweeps
+            .entry((run.target.clone(), run.scenario.clone()))
+            .or_default()
+            .push(run);
+    }
+    let mut runs: Vec<RunResult> = sweeps.into_values().map(median_sweep).collect();
     runs.sort_by(|a, b| (order(&a.target), &a.scenario).cmp(&(order(&b.target), &b.scenario)));
     Ok(runs)
+}
+
+/// The fan-out figure of a sweep: its best rate within the bound, 0 without one.
+fn figure(run: &RunResult) -> f64 {
+    best(&run.steps).map(|s| s.delivered_per_sec).unwrap_or(0.0)
+}
+
+/// The median of the sweeps of one system and scenario by fan-out figure (the lower of
+/// the two middle ones for an even count), with every sweep's figure in run order. A
+/// single sweep is returned as it is.
+fn median_sweep(mut sweeps: Vec<RunResult>) -> RunResult {
+    if sweeps.len() < 2 {
+        return sweeps.pop().expect("a group has at least one sweep");
+    }
+    let figures: Vec<f64> = sweeps.iter().map(figure).collect();
+    let mut by_figure: Vec<usize> = (0..sweeps.len()).collect();
+    by_figure.sort_by(|&a, &b| figures[a].total_cmp(&figures[b]));
+    let median = by_figure[(sweeps.len() - 1) / 2];
+    let mut run = sweeps.swap_remove(median);
+    run.sweep_figures = figures;
+    run
+}
+
+/// "(median of 3 sweeps: 320k / 640k / 538k)" for a result swept more than once.
+fn sweeps_note(run: &RunResult) -> String {
+    if run.sweep_figures.is_empty() {
+        return String::new();
+    }
+    let figures: Vec<String> = run.sweep_figures.iter().map(|&f| fmt_rate(f)).collect();
+    format!(
+        " (median of {} sweeps: {})",
+        run.sweep_figures.len(),
+        figures.join(" / ")
+    )
 }
 
 fn find<'a>(runs: &'a [RunResult], target: &str, scenario: &str) -> Option<&'a RunResult> {
@@ -200,15 +247,16 @@ pub fn tables(runs: &[RunResult]) -> String {
         let peak = peak(&r.steps).map(fmt_rate).unwrap_or_default();
         let figures = match best(&r.steps) {
             Some(s) => format!(
-                "**{}** | {:.2} | {:.2} | {:.1} | {:.2} | {:.2}",
+                "**{}**{} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2}",
                 fmt_rate(s.delivered_per_sec),
+                sweeps_note(r),
                 s.latency.p50_ms,
                 s.latency.p99_ms,
                 s.latency.max_ms,
                 s.server_cpu,
                 s.generator_cpu
             ),
-            None => "none within bounds | | | | |".into(),
+            None => format!("none within bounds{} | | | | |", sweeps_note(r)),
         };
         let _ = writeln!(
             md,
@@ -404,14 +452,23 @@ pub fn verdicts(runs: &[RunResult]) -> String {
     // instance and the split membership cost. The embedded server (no Redis at all) is
     // given next to it; BENCHMARKS.md says why it is not the yardstick.
     for scenario in ["a", "b"] {
-        let two = best_rate(runs, "hablar-redis-2x", &format!("e-{scenario}"));
+        let e = format!("e-{scenario}");
+        let two = best_rate(runs, "hablar-redis-2x", &e);
         let one_redis = best_rate(runs, "hablar-redis", scenario);
         let embedded = best_rate(runs, "hablar-memory", scenario);
+        let note =
+            |target: &str, scenario: &str| find(runs, target, scenario).map(sweeps_note).unwrap_or_default();
         line(
             two.zip(one_redis).map(|(t, o)| t > 0.0 && o / t <= 2.0),
             format!(
-                "scenario (e) on the ({scenario}) layout: two instances + Redis within 2× of one instance (one Redis instance): {} vs {} msgs/s = {} (vs the embedded server, {} msgs/s: {})",
-                opt(two), opt(one_redis), ratio(two, one_redis), opt(embedded), ratio(two, embedded)
+                "scenario (e) on the ({scenario}) layout: two instances + Redis within 2× of one instance (one Redis instance): {}{} vs {}{} msgs/s = {} (vs the embedded server, {} msgs/s: {})",
+                opt(two),
+                note("hablar-redis-2x", &e),
+                opt(one_redis),
+                note("hablar-redis", scenario),
+                ratio(two, one_redis),
+                opt(embedded),
+                ratio(two, embedded)
             ),
         );
     }
@@ -815,5 +872,95 @@ mod tests {
         });
         // 10 frames of 300 B and 30 of 310 B.
         assert_eq!(mean_frame_bytes(&run), Some(307.5));
+    }
+
+    #[test]
+    fn a_system_swept_several_times_is_reported_by_its_median_sweep() {
+        let dir = std::env::temp_dir().join(format!("hablar-report-sweeps-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mk = |target: &str, scenario: &str, rate: f64, p99: f64| RunResult {
+            target: target.into(),
+            scenario: scenario.into(),
+            steps: vec![step(rate, rate, p99)],
+            ..Default::default()
+        };
+        let files = [
+            ("hablar-redis-a.json", mk("hablar-redis", "a", 905_000.0, 40.0)),
+            (
+                "hablar-redis-a.sweep2.json",
+                mk("hablar-redis", "a", 1_280_000.0, 40.0),
+            ),
+            (
+                "hablar-redis-a.sweep3.json",
+                mk("hablar-redis", "a", 640_000.0, 40.0),
+            ),
+            // Its second sweep has no step within the bound: a figure of 0, not skipped.
+            (
+                "hablar-redis-2x-e-a.json",
+                mk("hablar-redis-2x", "e-a", 320_000.0, 40.0),
+            ),
+            (
+                "hablar-redis-2x-e-a.sweep2.json",
+                mk("hablar-redis-2x", "e-a", 640_000.0, 80.0),
+            ),
+            (
+                "hablar-redis-2x-e-a.sweep3.json",
+                mk("hablar-redis-2x", "e-a", 538_000.0, 40.0),
+            ),
+            (
+                "hablar-memory-a.json",
+                mk("hablar-memory", "a", 1_522_000.0, 40.0),
+            ),
+        ];
+        for (name, run) in &files {
+            std::fs::write(dir.join(name), serde_json::to_string(run).expect("json")).expect("write");
+        }
+        let runs = load(&dir).expect("load");
+        let _ = std::fs::remove_dir_all(&dir);
+
+        assert_eq!(runs.len(), 3, "one result per system and scenario");
+        let one = find(&runs, "hablar-redis", "a").expect("one instance");
+        assert_eq!(figure(one), 905_000.0);
+        assert_eq!(one.sweep_figures, vec![905_000.0, 1_280_000.0, 640_000.0]);
+        let two = find(&runs, "hablar-redis-2x", "e-a").expect("two instances");
+        assert_eq!(figure(two), 320_000.0);
+        assert_eq!(two.sweep_figures, vec![320_000.0, 0.0, 538_000.0]);
+        // Swept once: as it was, with no sweep list.
+        assert!(find(&runs, "hablar-memory", "a")
+            .expect("embedded")
+            .sweep_figures
+            .is_empty());
+
+        let text = verdicts(&runs);
+        assert!(
+            text.contains(
+                "**SHORT**: scenario (e) on the (a) layout: two instances + Redis within 2× of one \
+                 instance (one Redis instance): 320k (median of 3 sweeps: 320k / 0 / 538k) vs 905k \
+                 (median of 3 sweeps: 905k / 1280k / 640k) msgs/s = 0.35×"
+            ),
+            "{text}"
+        );
+        let table = tables(&runs);
+        assert!(
+            table.contains("| hablar-server, Redis, 1 instance | a | **905k** (median of 3 sweeps: 905k / 1280k / 640k) |"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn of_two_sweeps_the_lower_is_kept() {
+        let mk = |rate: f64| RunResult {
+            target: "hablar-redis".into(),
+            scenario: "a".into(),
+            steps: vec![step(rate, rate, 40.0)],
+            ..Default::default()
+        };
+        let kept = median_sweep(vec![mk(900.0), mk(400.0)]);
+        assert_eq!(figure(&kept), 400.0);
+        assert_eq!(kept.sweep_figures, vec![900.0, 400.0]);
+        let single = median_sweep(vec![mk(700.0)]);
+        assert_eq!(figure(&single), 700.0);
+        assert!(single.sweep_figures.is_empty());
     }
 }
