@@ -2,7 +2,8 @@
 # Runs every benchmark of issue 7 in one go, on this machine over loopback, and
 # regenerates BENCHMARKS.md, bench/chart.svg and bench/results/*.json from what it measured.
 #
-#   scripts/bench.sh                 about 12-18 minutes
+#   scripts/bench.sh                 about 30-40 minutes
+#   SWEEPS=1 scripts/bench.sh        one sweep per system, about 15-20 minutes
 #
 # Systems, each started fresh for each scenario on free ports and stopped after:
 #   hablar-memory    hablar-server, embedded backend (first: the ceiling needs the size of
@@ -20,6 +21,7 @@
 #   b   1,000 chats × 10 members (10,000 connections: also the idle-memory figure), sweep
 #   d   connect/disconnect churn, 32 loops, 8 s
 #   e-a, e-b  layouts a and b on hablar-redis-2x
+# The systems a goal compares are swept SWEEPS times, alternating (see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -116,42 +118,58 @@ frame_bytes_of() {
   fi
 }
 
+# Every system a goal judges against another is swept SWEEPS times (default 3), alternating
+# with the system it is compared to, and the report keeps each one's median sweep by
+# figure and lists every sweep's figure: the machine's background noise drifts over
+# minutes, and whole single sweeps of one build put the same pair at 0.59× one run and
+# 1.19× another (embedded against the ceiling), or 0.25× and 0.59× (two instances against
+# one). Sweeps after the first write NAME-SCENARIO.sweepN.json.
+SWEEPS=${SWEEPS:-3}
+# sweep_suffix I: the results-file suffix of the I-th sweep.
+sweep_suffix() {
+  SWEEP_SUFFIX=
+  if (($1 > 1)); then SWEEP_SUFFIX=.sweep$1; fi
+}
+
 # --- hablar-server, embedded, and the bare ceiling, scenario by scenario, back to back:
-# the machine's background noise drifts over minutes, so the systems that the 70 % goal
-# compares run next to each other. The ceiling runs twice: with the client's own frame
-# (as a base-layer relay would forward it), then with frames as large as hablar-server's.
-# Churn sends no message: the ceiling runs it once.
+# the systems that the 70 % goal compares run next to each other. The ceiling runs with
+# frames as large as hablar-server's (what the goal is judged against) in every sweep,
+# and with the client's own frame (as a base-layer relay would forward it, shown for
+# comparison) in the first. Churn sends no message and is judged by no goal: each system
+# churns once.
 for s in a b d; do
-  start_server "$BIN/hablar-server" "memory-$s"
-  t=(--ws "ws://127.0.0.1:$PORT" --pid "$PID" --wait-ready --admin "127.0.0.1:$PORT")
-  case $s in
-    a) fanout hablar-memory a 20 5120 A "$A_DESC" "${t[@]}" ;;
-    b) fanout hablar-memory b 500 256000 B "$B_DESC" "${t[@]}" ;;
-    d) churn hablar-memory "${t[@]}" ;;
-  esac
-  stop_all
-  for name in ceiling ceiling-same-frames; do
-    [[ $s == d && $name != ceiling ]] && continue
-    size=()
-    [[ $name == ceiling-same-frames ]] && size=(--frame-bytes "$(frame_bytes_of "$s")")
-    start_ceiling "$BIN/hablar-ceiling" "$name-$s"
-    t=(--ws "ws://127.0.0.1:$PORT" --pid "$PID")
+  sweeps=$SWEEPS
+  [[ $s == d ]] && sweeps=1
+  for ((i = 1; i <= sweeps; i++)); do
+    sweep_suffix "$i"
+    start_server "$BIN/hablar-server" "memory-$s$SWEEP_SUFFIX"
+    t=(--ws "ws://127.0.0.1:$PORT" --pid "$PID" --wait-ready --admin "127.0.0.1:$PORT")
     case $s in
-      a) fanout "$name" a 20 5120 A "$A_DESC" "${t[@]}" "${size[@]}" ;;
-      b) fanout "$name" b 500 256000 B "$B_DESC" "${t[@]}" "${size[@]}" ;;
-      d) churn "$name" "${t[@]}" ;;
+      a) fanout hablar-memory a 20 5120 A "$A_DESC" "${t[@]}" ;;
+      b) fanout hablar-memory b 500 256000 B "$B_DESC" "${t[@]}" ;;
+      d) churn hablar-memory "${t[@]}" ;;
     esac
     stop_all
+    for name in ceiling ceiling-same-frames; do
+      [[ $s == d && $name != ceiling ]] && continue
+      [[ $name == ceiling && $i -gt 1 ]] && continue
+      size=()
+      [[ $name == ceiling-same-frames ]] && size=(--frame-bytes "$(frame_bytes_of "$s")")
+      start_ceiling "$BIN/hablar-ceiling" "$name-$s$SWEEP_SUFFIX"
+      t=(--ws "ws://127.0.0.1:$PORT" --pid "$PID")
+      case $s in
+        a) fanout "$name" a 20 5120 A "$A_DESC" "${t[@]}" "${size[@]}" ;;
+        b) fanout "$name" b 500 256000 B "$B_DESC" "${t[@]}" "${size[@]}" ;;
+        d) churn "$name" "${t[@]}" ;;
+      esac
+      stop_all
+    done
   done
+  SWEEP_SUFFIX=
 done
 
-# --- hablar-server, Redis: one instance, then two (scenario e), layout by layout, back to
-# back. (e) is judged against the one instance, and the machine's background noise drifts
-# over minutes: with other runs between them, the two-instance run could land in a busier
-# or quieter spell than its baseline. In layout (a) the pair is swept E_A_SWEEPS times
-# (default 3), alternating, and the report keeps each system's median sweep and lists
-# every sweep's figure: there the ratio of single runs spread from 0.25× to 0.71× on one
-# build, while in (b) it stayed at 1.0-1.2×.
+# --- hablar-server, Redis: one instance, then two (scenario e), layout by layout,
+# alternating: (e) is judged against the one instance.
 redis_one() {
   local s=$1
   start_redis "redis-1-$s${SWEEP_SUFFIX:-}"
@@ -181,11 +199,8 @@ redis_two() {
   stop_all
 }
 for s in a b; do
-  sweeps=1
-  [[ $s == a ]] && sweeps=${E_A_SWEEPS:-3}
-  for ((i = 1; i <= sweeps; i++)); do
-    SWEEP_SUFFIX=
-    ((i > 1)) && SWEEP_SUFFIX=.sweep$i
+  for ((i = 1; i <= SWEEPS; i++)); do
+    sweep_suffix "$i"
     redis_one "$s"
     redis_two "$s"
   done
