@@ -83,10 +83,11 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 
 /// Loads every `*.json` results file of `dir`, sorted by system then scenario.
 ///
-/// A system and scenario swept more than once in the run (`bench.sh` sweeps the pairs of
-/// scenario (e) several times, alternating, because the machine's noise drifts over
+/// A system and scenario swept more than once in the run (`bench.sh` sweeps every system
+/// a goal compares three times, alternating, because the machine's noise drifts over
 /// minutes) is reported by its median sweep, by fan-out figure, with every sweep's figure
-/// in [`RunResult::sweep_figures`]. Files are read in name order, which is run order.
+/// in [`RunResult::sweep_figures`]. Files are read in name order, which is run order
+/// (`NAME-SCENARIO.json`, then `NAME-SCENARIO.sweepN.json`).
 pub fn load(dir: &Path) -> Result<Vec<RunResult>> {
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir)? {
