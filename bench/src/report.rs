@@ -149,7 +149,7 @@ fn find<'a>(runs: &'a [RunResult], target: &str, scenario: &str) -> Option<&'a R
 }
 
 fn best_rate(runs: &[RunResult], target: &str, scenario: &str) -> Option<f64> {
-    find(runs, target, scenario).map(|r| best(&r.steps).map(|s| s.delivered_per_sec).unwrap_or(0.0))
+    find(runs, target, scenario).map(figure)
 }
 
 /// The highest delivered rate of any step, whatever its latency.
