@@ -880,42 +880,31 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hablar-report-sweeps-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mk = |target: &str, scenario: &str, rate: f64, p99: f64| RunResult {
-            target: target.into(),
-            scenario: scenario.into(),
-            steps: vec![step(rate, rate, p99)],
-            ..Default::default()
-        };
-        let files = [
-            ("hablar-redis-a.json", mk("hablar-redis", "a", 905_000.0, 40.0)),
-            (
-                "hablar-redis-a.sweep2.json",
-                mk("hablar-redis", "a", 1_280_000.0, 40.0),
-            ),
-            (
-                "hablar-redis-a.sweep3.json",
-                mk("hablar-redis", "a", 640_000.0, 40.0),
-            ),
+        // (system, scenario, sweep, figure, p99), written under the names bench.sh gives.
+        let sweeps = [
+            ("hablar-redis", "a", 1, 905_000.0, 40.0),
+            ("hablar-redis", "a", 2, 1_280_000.0, 40.0),
+            ("hablar-redis", "a", 3, 640_000.0, 40.0),
             // Its second sweep has no step within the bound: a figure of 0, not skipped.
-            (
-                "hablar-redis-2x-e-a.json",
-                mk("hablar-redis-2x", "e-a", 320_000.0, 40.0),
-            ),
-            (
-                "hablar-redis-2x-e-a.sweep2.json",
-                mk("hablar-redis-2x", "e-a", 640_000.0, 80.0),
-            ),
-            (
-                "hablar-redis-2x-e-a.sweep3.json",
-                mk("hablar-redis-2x", "e-a", 538_000.0, 40.0),
-            ),
-            (
-                "hablar-memory-a.json",
-                mk("hablar-memory", "a", 1_522_000.0, 40.0),
-            ),
+            ("hablar-redis-2x", "e-a", 1, 320_000.0, 40.0),
+            ("hablar-redis-2x", "e-a", 2, 640_000.0, 80.0),
+            ("hablar-redis-2x", "e-a", 3, 538_000.0, 40.0),
+            ("hablar-memory", "a", 1, 1_522_000.0, 40.0),
         ];
-        for (name, run) in &files {
-            std::fs::write(dir.join(name), serde_json::to_string(run).expect("json")).expect("write");
+        for (target, scenario, sweep, rate, p99) in sweeps {
+            let run = RunResult {
+                target: target.into(),
+                scenario: scenario.into(),
+                steps: vec![step(rate, rate, p99)],
+                ..Default::default()
+            };
+            let suffix = if sweep > 1 {
+                format!(".sweep{sweep}")
+            } else {
+                String::new()
+            };
+            let name = format!("{target}-{scenario}{suffix}.json");
+            std::fs::write(dir.join(name), serde_json::to_string(&run).expect("json")).expect("write");
         }
         let runs = load(&dir).expect("load");
         let _ = std::fs::remove_dir_all(&dir);
