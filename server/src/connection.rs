@@ -224,6 +224,8 @@ async fn drive(
         outbox,
         mut session,
     } = halves;
+    // Before the reader starts: the echo of a resend may go out up to here.
+    outbox.replayed_up_to(delivered);
     // Each task stops at once when told and hands its half back, so that the close
     // frame can be written and the client's reply read.
     let (stop_reader, reader_stopped) = oneshot::channel::<()>();
@@ -728,12 +730,19 @@ fn handle_outcome(app: &AppState, admitted: &Admitted, tx: &Outbox, outcome: Out
     match outcome {
         Outcome::Appended {
             result: Ok(appended), ..
-        } if appended.duplicate => reply(
-            tx,
-            &ServerEvent::NewMessage {
+        } if appended.duplicate => {
+            let seq = appended.message.seq;
+            let echo = ServerEvent::NewMessage {
                 message: appended.message,
-            },
-        ),
+            };
+            match seq {
+                // Not ahead of the fan-out; if not queued, the fan-out brings it.
+                Some(seq) => {
+                    let _ = tx.push_echo(Utf8Bytes::from(encode(&echo)), seq);
+                }
+                None => reply(tx, &echo),
+            }
+        }
         Outcome::Appended { result: Ok(_), .. } => {
             app.metrics.messages_stored.fetch_add(1, Relaxed);
         }

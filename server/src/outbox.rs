@@ -83,6 +83,8 @@ struct State {
     stop: bool,
     /// A keep-alive ping is due.
     ping: bool,
+    /// The newest seq the connection has been given, by its replay or the fan-out.
+    newest: Seq,
 }
 
 impl State {
@@ -118,15 +120,48 @@ impl Outbox {
     /// Queues a frame.
     pub fn push(&self, item: Outbound) -> Result<(), Refused> {
         let mut state = self.state.lock();
-        if state.closed {
-            return Err(Refused::Closed);
-        }
-        if state.queue.len() >= self.capacity {
-            return Err(Refused::Full);
+        self.admit(&state)?;
+        if let Some(seq) = item.seq {
+            state.newest = state.newest.max(seq);
         }
         state.queue.push_back(item);
         Self::wake_writer(state);
         Ok(())
+    }
+
+    /// Whether a frame may be queued now.
+    fn admit(&self, state: &State) -> Result<(), Refused> {
+        if state.closed {
+            Err(Refused::Closed)
+        } else if state.queue.len() >= self.capacity {
+            Err(Refused::Full)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Records that the connection's replay sent every message up to `seq`.
+    pub fn replayed_up_to(&self, seq: Seq) {
+        let mut state = self.state.lock();
+        state.newest = state.newest.max(seq);
+    }
+
+    /// Queues the echo of a resend: the stored message `seq`, straight back to its
+    /// sender. Only if the connection has been given every message up to `seq`: an echo
+    /// ahead of the fan-out would reach the client before messages older than it (the
+    /// SDK drops a seq at or below the newest it has, so those would be lost). Such an
+    /// echo is not queued (`Ok(false)`): the fan-out brings that same message in its
+    /// turn, or the connection is closed to resume with `since`.
+    pub fn push_echo(&self, text: Utf8Bytes, seq: Seq) -> Result<bool, Refused> {
+        let mut state = self.state.lock();
+        self.admit(&state)?;
+        if seq > state.newest {
+            return Ok(false);
+        }
+        // Without a seq: the writer skips seqs the replay sent, and this one is wanted.
+        state.queue.push_back(Outbound { text, seq: None });
+        Self::wake_writer(state);
+        Ok(true)
     }
 
     /// Queues a presence event about `user`, or holds it back when presence is already
@@ -251,6 +286,34 @@ mod tests {
         assert_eq!(next, Next::Write { ping: false });
         assert_eq!(texts(&batch), ["a", "b", "c"]);
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn an_echo_goes_out_only_once_the_connection_has_every_seq_up_to_it() {
+        let outbox = Outbox::new(8);
+        let echo = |seq| outbox.push_echo(Utf8Bytes::from_static("echo"), Seq(seq));
+        assert_eq!(echo(1), Ok(false), "nothing given yet");
+        outbox.replayed_up_to(Seq(3));
+        assert_eq!(echo(4), Ok(false), "ahead of the replay");
+        assert_eq!(echo(3), Ok(true), "the replay sent 3");
+        let fanned = Outbound {
+            text: Utf8Bytes::from_static("5"),
+            seq: Some(Seq(5)),
+        };
+        outbox.push(fanned).expect("room");
+        assert_eq!(echo(5), Ok(true), "the fan-out queued 5 before it");
+        assert_eq!(echo(6), Ok(false), "ahead of the fan-out");
+        outbox.replayed_up_to(Seq(2));
+        assert_eq!(echo(5), Ok(true), "an older replay does not move it back");
+        let mut batch = VecDeque::new();
+        outbox.take(&mut batch);
+        assert_eq!(texts(&batch), ["echo", "5", "echo", "echo"]);
+        assert!(
+            batch.iter().filter(|o| o.text == "echo").all(|o| o.seq.is_none()),
+            "an echo is not dropped as already replayed"
+        );
+        outbox.close();
+        assert_eq!(echo(1), Err(Refused::Closed));
     }
 
     #[test]

@@ -546,3 +546,71 @@ async fn a_burst_keeps_its_order_when_redis_loses_its_scripts() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs ascend: {seqs:?}");
     drop(chatter.await.expect("carol"));
 }
+
+/// The `new_message` frames `client` receives within `within`, as (seq, client_id).
+async fn messages_within(client: &mut Client, within: Duration) -> Vec<(u64, String)> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    while let Some(frame) = client
+        .next_frame(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
+        match frame {
+            Frame::Json(v) if v["type"] == "new_message" => got.push((
+                v["message"]["seq"].as_u64().expect("seq"),
+                v["message"]["client_id"].as_str().unwrap_or_default().to_owned(),
+            )),
+            Frame::Json(_) => {}
+            Frame::Close(code) => panic!("the socket closed: {code}"),
+        }
+    }
+    got
+}
+
+/// The echo of a resend (the stored message, sent straight back to the sender) must not
+/// overtake messages before it that the sender's instance has not fanned out yet: the
+/// SDK takes seqs in order and drops anything at or below the newest it has, so an echo
+/// of seq 2 before seq 1 would cost the app message 1. (Seen in CI: a send stored just as
+/// Redis restarted, resent, echoed ahead of what the instance's pub/sub had missed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resends_echo_never_overtakes_messages_its_instance_has_not_delivered() {
+    let redis = RedisServer::start().await;
+    // Instance b talks to Redis as its own ACL user, so that its pub/sub alone can be
+    // cut and kept out (revoking channels closes its subscription and refuses a new one).
+    redis.command(&["ACL", "SETUSER", "hb", "on", ">pw", "~*", "&*", "+@all"]);
+    let a = redis.instance_with(no_rate_limit).await;
+    let as_hb = format!("redis://hb:pw@127.0.0.1:{}/", redis.port());
+    let b = redis
+        .instance_with(|config| {
+            no_rate_limit(config);
+            config.redis_url = Some(hablar_server::Secret::new(as_hb));
+        })
+        .await;
+    a.create_chat("room", &["alice", "bob"]).await;
+    let mut alice = a.join("room", "alice").await;
+    let mut bob_on_a = a.join("room", "bob").await;
+    let mut bob = b.join("room", "bob").await;
+    redis.command(&["ACL", "SETUSER", "hb", "resetchannels"]);
+
+    // Stored while b hears nothing: seq 1 from alice, seq 2 from bob as "b1" (through a,
+    // as when his first try's echo was lost with the connection that carried it).
+    alice.send_json(&send("one", "a1")).await;
+    let first = messages_within(&mut alice, Duration::from_millis(300)).await;
+    assert_eq!(first, [(1, "a1".into())], "stored first");
+    bob_on_a.send_json(&send("two", "b1")).await;
+    let second = messages_within(&mut alice, Duration::from_millis(300)).await;
+    assert_eq!(second, [(2, "b1".into())], "stored second");
+    // Bob resends "b1" through b: a duplicate, answered with the stored seq 2.
+    bob.send_json(&send("two", "b1")).await;
+    let early = messages_within(&mut bob, Duration::from_millis(500)).await;
+    assert_eq!(early, [], "nothing may reach bob on b before seq 1 does");
+
+    // b's pub/sub comes back and fills its gap from the stream.
+    redis.command(&["ACL", "SETUSER", "hb", "allchannels"]);
+    let late = messages_within(&mut bob, Duration::from_secs(3)).await;
+    assert_eq!(
+        late,
+        [(1, "a1".into()), (2, "b1".into())],
+        "bob gets both in order, once each; seq 2 acknowledges his resend"
+    );
+}
