@@ -8,11 +8,12 @@ use hablar_protocol::CloseCode;
 
 use crate::backoff::{Backoff, Rng};
 use crate::outbox::{Outbox, OutboxFull};
-use crate::resume::Resume;
+use crate::resume::{Arrival, Resume};
 use crate::typing::{Typer, Typers, TypingSender};
 
 /// Close code the SDK uses when it gives up on a socket itself (dead heartbeat,
-/// connect timeout). In the application range, so no server mistakes it for its own.
+/// connect timeout, a gap in the messages). In the application range, so no server
+/// mistakes it for its own.
 pub const CLOSE_GIVING_UP: u16 = 4000;
 
 /// How long a message the server could not store (`unavailable`) waits before it is
@@ -526,13 +527,24 @@ impl<M: Clone> Machine<M> {
                 client_id,
                 sender_id,
             } => {
+                let arrival = self.resume.on_message(seq, id.as_deref());
+                if arrival == Arrival::Gap {
+                    // Messages before this one never came (a server that broke the
+                    // order): resume from the newest we have; the replay brings them
+                    // and this one, in order, and acknowledges this one then.
+                    self.out.push(Output::Disconnect {
+                        code: CLOSE_GIVING_UP,
+                    });
+                    self.lost(now, CloseCode::Abnormal.as_u16());
+                    return Verdict::default();
+                }
                 if let Some(sender) = sender_id {
                     self.typer_stopped(&sender);
                 }
                 if let Some(client_id) = client_id {
                     verdict.resolve = self.outbox.ack(&client_id);
                 }
-                verdict.deliver = self.resume.on_message(seq, id.as_deref());
+                verdict.deliver = arrival == Arrival::New;
             }
             Incoming::TypingStart(user) => {
                 let own = self.user_id() == Some(user.user_id.as_str());

@@ -4,6 +4,19 @@
 /// How many seq-less message ids (base-layer peers) are remembered for deduplication.
 const RECENT_IDS: usize = 256;
 
+/// What the arrival of a message means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// New: it goes to the app.
+    New,
+    /// Already had (a replay, or the echo of a resend).
+    Seen,
+    /// Its seq skips messages after the newest one we have: they never came. Neither it
+    /// nor anything is taken; the client resumes from the newest it has, and the replay
+    /// brings the missing ones and this one, in order.
+    Gap,
+}
+
 /// What the client knows of the chat's message stream.
 #[derive(Debug, Clone, Default)]
 pub struct Resume {
@@ -43,21 +56,26 @@ impl Resume {
         asked
     }
 
-    /// A message arrived. Returns `true` when it is new and must reach the app.
-    pub fn on_message(&mut self, seq: Option<u64>, id: Option<&str>) -> bool {
+    /// A message arrived: new, seen, or past a gap. Seqs are taken strictly in order
+    /// (PROTOCOL.md: no gap and no duplicate); taking one past a gap would make the ones
+    /// before it look seen when they come, and they would be lost.
+    pub fn on_message(&mut self, seq: Option<u64>, id: Option<&str>) -> Arrival {
         if let Some(seq) = seq {
-            if self.last_seq.is_some_and(|last| seq <= last) {
-                return false;
-            }
-            self.last_seq = Some(seq);
-            return true;
+            return match self.last_seq {
+                Some(last) if seq <= last => Arrival::Seen,
+                Some(last) if seq - last > 1 => Arrival::Gap,
+                _ => {
+                    self.last_seq = Some(seq);
+                    Arrival::New
+                }
+            };
         }
         let Some(id) = id else {
             // Nothing to recognise it by: deliver rather than lose it.
-            return true;
+            return Arrival::New;
         };
         if self.recent_ids.iter().any(|seen| seen == id) {
-            return false;
+            return Arrival::Seen;
         }
         if self.recent_ids.len() == RECENT_IDS {
             // Drops the oldest; `remove(0)` would bring its panic message's integer
@@ -66,7 +84,7 @@ impl Resume {
             self.recent_ids.retain(|_| !std::mem::take(&mut oldest));
         }
         self.recent_ids.push(id.to_owned());
-        true
+        Arrival::New
     }
 }
 
@@ -74,14 +92,31 @@ impl Resume {
 mod tests {
     use super::*;
 
+    fn new(r: &mut Resume, seq: Option<u64>, id: Option<&str>) -> bool {
+        r.on_message(seq, id) == Arrival::New
+    }
+
+    #[test]
+    fn a_seq_past_a_gap_is_not_taken_and_the_resume_asks_for_the_gap() {
+        let mut r = Resume::default();
+        r.on_ready(Some("e1"), Some(14), true);
+        assert_eq!(r.on_message(Some(16), Some("m16")), Arrival::Gap);
+        assert_eq!(r.query(), Some((14, "e1")), "resumes from 14, not 16");
+        // The replay after the resume brings 15 and 16, in order.
+        r.on_ready(Some("e1"), Some(16), true);
+        assert_eq!(r.on_message(Some(15), Some("m15")), Arrival::New);
+        assert_eq!(r.on_message(Some(16), Some("m16")), Arrival::New);
+        assert_eq!(r.on_message(Some(16), Some("m16")), Arrival::Seen);
+    }
+
     #[test]
     fn a_first_connection_starts_after_the_servers_newest_message() {
         let mut r = Resume::default();
         assert_eq!(r.query(), None);
         assert!(!r.on_ready(Some("e1"), Some(7), true), "nothing to reload");
         assert_eq!(r.query(), Some((7, "e1")));
-        assert!(!r.on_message(Some(7), Some("m7")), "history, not live");
-        assert!(r.on_message(Some(8), Some("m8")));
+        assert!(!new(&mut r, Some(7), Some("m7")), "history, not live");
+        assert!(new(&mut r, Some(8), Some("m8")));
         assert_eq!(r.query(), Some((8, "e1")));
     }
 
@@ -89,13 +124,13 @@ mod tests {
     fn a_recovered_resume_delivers_the_replay_once_in_order() {
         let mut r = Resume::default();
         r.on_ready(Some("e1"), Some(3), true);
-        assert!(r.on_message(Some(4), None));
+        assert!(new(&mut r, Some(4), None));
         // Reconnect with since=4.
         assert_eq!(r.query(), Some((4, "e1")));
         assert!(!r.on_ready(Some("e1"), Some(6), true));
         let delivered: Vec<u64> = [4, 5, 5, 6, 6, 7]
             .into_iter()
-            .filter(|&s| r.on_message(Some(s), None))
+            .filter(|&s| new(&mut r, Some(s), None))
             .collect();
         assert_eq!(delivered, [5, 6, 7]);
     }
@@ -106,28 +141,28 @@ mod tests {
         r.on_ready(Some("e1"), Some(10), true);
         assert!(r.on_ready(Some("e2"), Some(2), false));
         assert_eq!(r.query(), Some((2, "e2")));
-        assert!(r.on_message(Some(3), None), "the new epoch counts from 1 again");
+        assert!(new(&mut r, Some(3), None), "the new epoch counts from 1 again");
         // A changed epoch is a reset even if the server claimed recovery.
         assert!(r.on_ready(Some("e3"), Some(0), true));
-        assert!(r.on_message(Some(1), None));
+        assert!(new(&mut r, Some(1), None));
     }
 
     #[test]
     fn messages_without_seq_are_deduplicated_by_id() {
         let mut r = Resume::default();
-        assert!(r.on_message(None, Some("42")));
-        assert!(!r.on_message(None, Some("42")));
-        assert!(r.on_message(None, Some("43")));
-        assert!(r.on_message(None, None));
+        assert!(new(&mut r, None, Some("42")));
+        assert!(!new(&mut r, None, Some("42")));
+        assert!(new(&mut r, None, Some("43")));
+        assert!(new(&mut r, None, None));
         assert!(
-            r.on_message(None, None),
+            new(&mut r, None, None),
             "unrecognisable messages are never dropped"
         );
         for i in 0..RECENT_IDS {
-            r.on_message(None, Some(&format!("x{i}")));
+            new(&mut r, None, Some(&format!("x{i}")));
         }
         assert!(
-            r.on_message(None, Some("42")),
+            new(&mut r, None, Some("42")),
             "old ids are forgotten, memory stays bounded"
         );
         assert_eq!(r.query(), None, "no seq, no resume");

@@ -362,6 +362,45 @@ fn offline_sends_wait_in_the_outbox_and_go_out_once_open() {
     assert_eq!(echo_of_resend, Verdict::default(), "duplicate, already resolved");
 }
 
+/// The CI failure of session 4, seen from the SDK: a server echoed a resend (seq 16)
+/// before seq 15. Taking 16 would have made 15 look seen when it came, and the app
+/// would never have had it.
+#[test]
+fn a_message_past_a_gap_makes_the_sdk_resume_and_nothing_is_lost() {
+    let mut m = machine();
+    m.send("c16".into(), "sixteen").expect("room");
+    open_with_ready(&mut m, 0.0, "e1", 14);
+    let early = m.on_frame(10.0, message(Some(16), "alice", Some("c16")));
+    assert_eq!(early, Verdict::default(), "neither delivered nor acknowledged");
+    let out = drain(&mut m);
+    assert_eq!(
+        out[0],
+        Output::Disconnect {
+            code: CLOSE_GIVING_UP
+        }
+    );
+    assert!(matches!(states(&out)[..], [State::Reconnecting { .. }]));
+    let at = m.next_deadline().expect("a reconnect is scheduled");
+    m.tick(at);
+    assert!(drain(&mut m).contains(&Output::Connect {
+        refresh_token: false,
+        since: Some((14, "e1".into()))
+    }));
+    m.on_socket_open(at + 10.0);
+    m.on_frame(at + 10.0, ready("e1", 16, true));
+    assert_eq!(
+        sent(&drain(&mut m)),
+        [Frame::Message("sixteen")],
+        "still unacknowledged"
+    );
+    let v15 = m.on_frame(at + 11.0, message(Some(15), "bob", None));
+    let v16 = m.on_frame(at + 12.0, message(Some(16), "alice", Some("c16")));
+    assert!(v15.deliver && !v15.resolve);
+    assert!(v16.deliver && v16.resolve);
+    let echo = m.on_frame(at + 13.0, message(Some(16), "alice", Some("c16")));
+    assert!(!echo.deliver, "the resend's echo is not a second message");
+}
+
 #[test]
 fn a_full_outbox_is_an_error_not_a_drop() {
     let cfg = Config {
