@@ -9,8 +9,10 @@
 //   the base layer of PROTOCOL.md (no ready, no seq, no pong; integer message ids; it
 //   trusts the token's user_id claim), to prove the SDK degrades gracefully;
 // - offers all of it over a CORS-enabled HTTP control endpoint the tests call with fetch:
-//   POST /restart?pause_ms=N, POST /proxy/cut, POST /proxy/restore, POST /base/drop
-//   (the base-layer peer drops every socket without a close frame), GET /health.
+//   POST /restart?pause_ms=N, POST /proxy/cut, POST /proxy/restore, POST /proxy/swap
+//   (the next two `new_message` frames through the proxy reach the client second one
+//   first, as from a server that broke the order), POST /base/drop (the base-layer peer
+//   drops every socket without a close frame), GET /health.
 //
 // Prints one line when ready:
 //   harness ready server=http://127.0.0.1:P control=http://127.0.0.1:C proxy=ws://127.0.0.1:X base=ws://127.0.0.1:B
@@ -93,6 +95,7 @@ async function restartServer(pauseMs) {
 
 // The proxy: one upstream connection per downstream one.
 let proxyCut = false;
+let proxySwap = false;
 const proxied = new Set();
 const proxy = net.createServer((down) => {
   if (proxyCut) {
@@ -110,8 +113,60 @@ const proxy = net.createServer((down) => {
   down.on("error", end).on("close", end);
   up.on("error", end).on("close", end);
   down.pipe(up);
-  up.pipe(down);
+  // Server to client: the HTTP 101 as it is, then frame by frame, so that /proxy/swap can
+  // hold one back.
+  let handshake = Buffer.alloc(0);
+  let held = null;
+  const frames = serverFrames((frame, payload) => {
+    const text = (frame[0] & 0x0f) === 1 && payload.includes('"type":"new_message"');
+    if (text && proxySwap && held === null) {
+      held = frame;
+      return;
+    }
+    down.write(frame);
+    if (text && held !== null) {
+      proxySwap = false;
+      down.write(held);
+      held = null;
+    }
+  });
+  up.on("data", (chunk) => {
+    if (handshake === null) return frames(chunk);
+    handshake = Buffer.concat([handshake, chunk]);
+    const end = handshake.indexOf("\r\n\r\n");
+    if (end < 0) return;
+    down.write(handshake.subarray(0, end + 4));
+    const rest = handshake.subarray(end + 4);
+    handshake = null;
+    if (rest.length > 0) frames(rest);
+  });
 });
+
+// Splits a server's byte stream (unmasked frames, RFC 6455) into whole frames.
+function serverFrames(onFrame) {
+  let buf = Buffer.alloc(0);
+  return (chunk) => {
+    buf = Buffer.concat([buf, chunk]);
+    for (;;) {
+      if (buf.length < 2) return;
+      let len = buf[1] & 0x7f;
+      let off = 2;
+      if (len === 126) {
+        if (buf.length < 4) return;
+        len = buf.readUInt16BE(2);
+        off = 4;
+      } else if (len === 127) {
+        if (buf.length < 10) return;
+        len = Number(buf.readBigUInt64BE(2));
+        off = 10;
+      }
+      if (buf.length < off + len) return;
+      const frame = buf.subarray(0, off + len);
+      buf = buf.subarray(off + len);
+      onFrame(frame, frame.subarray(off));
+    }
+  };
+}
 
 function cutProxy() {
   proxyCut = true;
@@ -251,6 +306,8 @@ const control = http.createServer(async (req, res) => {
       cutProxy();
     } else if (req.method === "POST" && url.pathname === "/proxy/restore") {
       proxyCut = false;
+    } else if (req.method === "POST" && url.pathname === "/proxy/swap") {
+      proxySwap = true;
     } else if (req.method === "POST" && url.pathname === "/base/drop") {
       for (const c of baseClients) c.socket.destroy();
       baseClients.clear();

@@ -418,6 +418,44 @@ async fn after_a_network_cut_the_client_resumes_without_gaps_or_duplicates() {
     );
 }
 
+/// A server that sends a message before the one preceding it (what session 4's CI saw:
+/// the echo of a resend overtaking the fan-out). Taking the later one would make the
+/// earlier look seen when it came, and the app would lose it; the SDK resumes instead.
+#[wasm_bindgen_test]
+async fn messages_out_of_order_make_the_sdk_resume_and_the_app_loses_none() {
+    let alice = Peer::new("alice", "general", proxy()).await;
+    let bob = Peer::new("bob", "general", server()).await;
+    alice.open().await;
+    bob.open().await;
+    let tag = tag("swap");
+    harness("/proxy/swap").await;
+    for i in 1..=2 {
+        bob.send(&(tag.clone() + " " + &i.to_string()))
+            .await
+            .expect("delivered");
+    }
+    wait_until("alice has both", 5_000.0, || {
+        with_tag(alice.contents(), &tag).len() == 2
+    })
+    .await;
+    sleep(300).await;
+    assert_eq!(
+        with_tag(alice.contents(), &tag),
+        [tag.clone() + " 1", tag.clone() + " 2"],
+        "once each, in order"
+    );
+    let names = alice.state_names();
+    assert!(
+        names.contains(&"reconnecting".to_owned()),
+        "she resumed: {names:?}"
+    );
+    assert_eq!(names.last().map(String::as_str), Some("open"));
+    assert!(
+        alice.reloads.borrow().is_empty(),
+        "the two were replayed, no reload needed"
+    );
+}
+
 /// What an app does with `onReloadHistory`: fetch the latest page over HTTP.
 async fn history(peer: &Peer, chat: &str) -> Vec<JsValue> {
     let url = String::from(server()) + "/api/chats/" + chat + "/messages?limit=100";
