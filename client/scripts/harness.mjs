@@ -10,8 +10,8 @@
 //   trusts the token's user_id claim), to prove the SDK degrades gracefully;
 // - offers all of it over a CORS-enabled HTTP control endpoint the tests call with fetch:
 //   POST /restart?pause_ms=N, POST /proxy/cut, POST /proxy/restore, POST /proxy/swap
-//   (the next two `new_message` frames through the proxy reach the client second one
-//   first, as from a server that broke the order), POST /base/drop (the base-layer peer
+//   (the next two `new_message` frames to the newest client through the proxy reach it
+//   second one first, as from a server that broke the order), POST /base/drop (the base-layer peer
 //   drops every socket without a close frame), GET /health.
 //
 // Prints one line when ready:
@@ -95,7 +95,10 @@ async function restartServer(pauseMs) {
 
 // The proxy: one upstream connection per downstream one.
 let proxyCut = false;
-let proxySwap = false;
+// The connection /proxy/swap applies to: the newest one through the proxy when it was
+// asked (the test's own client, not one a test before it has not finished closing).
+let newestPair = null;
+let swapPair = null;
 const proxied = new Set();
 const proxy = net.createServer((down) => {
   if (proxyCut) {
@@ -105,6 +108,7 @@ const proxy = net.createServer((down) => {
   const up = net.connect(serverPort, "127.0.0.1");
   const pair = { down, up };
   proxied.add(pair);
+  newestPair = pair;
   const end = () => {
     down.destroy();
     up.destroy();
@@ -119,13 +123,13 @@ const proxy = net.createServer((down) => {
   let held = null;
   const frames = serverFrames((frame, payload) => {
     const text = (frame[0] & 0x0f) === 1 && payload.includes('"type":"new_message"');
-    if (text && proxySwap && held === null) {
+    if (text && swapPair === pair && held === null) {
       held = frame;
       return;
     }
     down.write(frame);
     if (text && held !== null) {
-      proxySwap = false;
+      swapPair = null;
       down.write(held);
       held = null;
     }
@@ -307,7 +311,7 @@ const control = http.createServer(async (req, res) => {
     } else if (req.method === "POST" && url.pathname === "/proxy/restore") {
       proxyCut = false;
     } else if (req.method === "POST" && url.pathname === "/proxy/swap") {
-      proxySwap = true;
+      swapPair = newestPair;
     } else if (req.method === "POST" && url.pathname === "/base/drop") {
       for (const c of baseClients) c.socket.destroy();
       baseClients.clear();
