@@ -661,14 +661,23 @@ mod tests {
         assert!(ratio(Some(1.0), Some(0.0)).starts_with('∞'));
     }
 
+    /// The result of one sweep of `target` in `scenario`, made of `steps`.
+    fn result(target: &str, scenario: &str, steps: Vec<StepResult>) -> RunResult {
+        RunResult {
+            target: target.into(),
+            scenario: scenario.into(),
+            steps,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn the_chart_has_one_line_per_sweep_and_the_bound() {
-        let run = RunResult {
-            target: "hablar-memory".into(),
-            scenario: "a".into(),
-            steps: vec![step(1000.0, 1000.0, 2.0), step(2000.0, 2000.0, 3.0)],
-            ..Default::default()
-        };
+        let run = result(
+            "hablar-memory",
+            "a",
+            vec![step(1000.0, 1000.0, 2.0), step(2000.0, 2000.0, 3.0)],
+        );
         let svg = svg(&[run]);
         assert!(svg.starts_with("<svg"));
         assert_eq!(svg.matches("<polyline").count(), 1);
@@ -678,12 +687,8 @@ mod tests {
 
     #[test]
     fn two_instances_are_judged_against_one_redis_instance_with_embedded_beside() {
-        let mk = |target: &str, scenario: &str, rate: f64| RunResult {
-            target: target.into(),
-            scenario: scenario.into(),
-            steps: vec![step(rate, rate, 40.0)],
-            ..Default::default()
-        };
+        let mk =
+            |target: &str, scenario: &str, rate: f64| result(target, scenario, vec![step(rate, rate, 40.0)]);
         let runs = vec![
             mk("hablar-memory", "a", 600_000.0),
             mk("hablar-redis", "a", 300_000.0),
@@ -711,12 +716,7 @@ mod tests {
 
     #[test]
     fn a_baseline_that_never_meets_the_bound_is_compared_at_its_peak_and_said_so() {
-        let mk = |target: &str, steps: Vec<StepResult>| RunResult {
-            target: target.into(),
-            scenario: "a".into(),
-            steps,
-            ..Default::default()
-        };
+        let mk = |target: &str, steps: Vec<StepResult>| result(target, "a", steps);
         let runs = vec![
             mk("hablar-memory", vec![step(300_000.0, 300_000.0, 20.0)]),
             mk(
@@ -739,12 +739,7 @@ mod tests {
 
     #[test]
     fn verdicts_say_pass_or_short() {
-        let mk = |target: &str, rate: f64| RunResult {
-            target: target.into(),
-            scenario: "a".into(),
-            steps: vec![step(rate, rate, 5.0)],
-            ..Default::default()
-        };
+        let mk = |target: &str, rate: f64| result(target, "a", vec![step(rate, rate, 5.0)]);
         let runs = vec![
             mk("hablar-memory", 300_000.0),
             mk("django-channels", 5_000.0),
@@ -769,12 +764,7 @@ mod tests {
 
     #[test]
     fn a_ceiling_without_a_step_within_the_bound_gives_no_verdict() {
-        let mk = |target: &str, rate: f64, p99: f64| RunResult {
-            target: target.into(),
-            scenario: "a".into(),
-            steps: vec![step(rate, rate, p99)],
-            ..Default::default()
-        };
+        let mk = |target: &str, rate: f64, p99: f64| result(target, "a", vec![step(rate, rate, p99)]);
         let runs = vec![
             mk("hablar-memory", 300_000.0, 5.0),
             mk("ceiling-same-frames", 500_000.0, 80.0),
@@ -788,15 +778,11 @@ mod tests {
     }
 
     fn run_with_frames(target: &str, rate: f64, frame_bytes: f64) -> RunResult {
-        RunResult {
-            target: target.into(),
-            scenario: "a".into(),
-            steps: vec![StepResult {
-                mean_frame_bytes: frame_bytes,
-                ..step(rate, rate, 5.0)
-            }],
-            ..Default::default()
-        }
+        let frames = StepResult {
+            mean_frame_bytes: frame_bytes,
+            ..step(rate, rate, 5.0)
+        };
+        result(target, "a", vec![frames])
     }
 
     #[test]
@@ -892,12 +878,7 @@ mod tests {
             ("hablar-memory", "a", 1, 1_522_000.0, 40.0),
         ];
         for (target, scenario, sweep, rate, p99) in sweeps {
-            let run = RunResult {
-                target: target.into(),
-                scenario: scenario.into(),
-                steps: vec![step(rate, rate, p99)],
-                ..Default::default()
-            };
+            let run = result(target, scenario, vec![step(rate, rate, p99)]);
             let suffix = if sweep > 1 {
                 format!(".sweep{sweep}")
             } else {
@@ -940,12 +921,7 @@ mod tests {
 
     #[test]
     fn of_two_sweeps_the_lower_is_kept() {
-        let mk = |rate: f64| RunResult {
-            target: "hablar-redis".into(),
-            scenario: "a".into(),
-            steps: vec![step(rate, rate, 40.0)],
-            ..Default::default()
-        };
+        let mk = |rate: f64| result("hablar-redis", "a", vec![step(rate, rate, 40.0)]);
         let kept = median_sweep(vec![mk(900.0), mk(400.0)]);
         assert_eq!(figure(&kept), 400.0);
         assert_eq!(kept.sweep_figures, vec![900.0, 400.0]);
