@@ -11,8 +11,8 @@
 // - offers all of it over a CORS-enabled HTTP control endpoint the tests call with fetch:
 //   POST /restart?pause_ms=N, POST /proxy/cut, POST /proxy/restore, POST /proxy/swap
 //   (the next two `new_message` frames to the newest client through the proxy reach it
-//   second one first, as from a server that broke the order), POST /base/drop (the base-layer peer
-//   drops every socket without a close frame), GET /health.
+//   second one first, as from a server that broke the order), POST /base/drop (the
+//   base-layer peer drops every socket without a close frame), GET /health.
 //
 // Prints one line when ready:
 //   harness ready server=http://127.0.0.1:P control=http://127.0.0.1:C proxy=ws://127.0.0.1:X base=ws://127.0.0.1:B
@@ -137,10 +137,10 @@ const proxy = net.createServer((down) => {
   up.on("data", (chunk) => {
     if (handshake === null) return frames(chunk);
     handshake = Buffer.concat([handshake, chunk]);
-    const end = handshake.indexOf("\r\n\r\n");
-    if (end < 0) return;
-    down.write(handshake.subarray(0, end + 4));
-    const rest = handshake.subarray(end + 4);
+    const headEnd = handshake.indexOf("\r\n\r\n");
+    if (headEnd < 0) return;
+    down.write(handshake.subarray(0, headEnd + 4));
+    const rest = handshake.subarray(headEnd + 4);
     handshake = null;
     if (rest.length > 0) frames(rest);
   });
