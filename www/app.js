@@ -22,7 +22,14 @@ const ui = {
 
 let client = null; // the HablarClient of the chat we are in
 let session = null; // { user, chat, token: Promise<string>, username }: guards stale async work
-let messages = new Map(); // client_id (or id) → message: one entry per message, however it came
+// The server's messages by `id`: one entry per message, however it came (live, replayed,
+// history). Not by `client_id`: the sender picks that, and another member who reuses ours
+// (they see it on our messages) must not replace our message on screen.
+let messages = new Map();
+// Our sends the server has not stored yet, by `client_id`: { content, sender, failed? }.
+// Kept apart, so that no field of a server message (any member can add fields) can make
+// it look unsent or replace one of these.
+let outgoing = new Map();
 let countdown = null; // interval that updates "Reconnecting in N s…"
 
 /** Asks the dev endpoint for an access token (a real app asks its own auth backend). */
@@ -44,6 +51,7 @@ function join(user, chat) {
   client?.free(); // releases the wasm side
   const s = (session = { user, chat, token: null, username: user });
   messages = new Map();
+  outgoing = new Map();
   render();
   showTyping([]);
   showNotice(null);
@@ -86,59 +94,73 @@ async function loadHistory(s) {
   }
 }
 
-/** Adds (or replaces, by key) messages and redraws the list. */
+/** Adds (or replaces, by `id`) the server's messages and redraws the list. */
 function addMessages(list) {
-  for (const m of list) messages.set(m.client_id ?? m.id, m);
+  for (const m of list) messages.set(m.id, m);
   render();
 }
 
-/** Sends the composer's text. It shows at once as "sending…" and is replaced by the
- *  server's copy (matched by `client_id`); offline it waits in the SDK's outbox. */
+/** Sends the composer's text. It shows at once as "sending…" until the SDK resolves the
+ *  send with the server's copy (our own echo: our sender id and our `client_id`), which
+ *  takes its place; offline it waits in the SDK's outbox. */
 function send(content) {
   const s = session;
   const client_id = crypto.randomUUID?.() ?? `${Date.now()}-${Math.random()}`;
-  const sender = { id: s.user, username: s.username };
-  addMessages([{ client_id, content, sender, pending: true }]);
-  client.send({ content, client_id }).catch((err) => {
-    if (session !== s) return;
-    const m = messages.get(client_id);
-    if (m?.pending) addMessages([{ ...m, failed: err.detail || err.message }]);
-  });
+  outgoing.set(client_id, { content, sender: { id: s.user, username: s.username } });
+  render();
+  client.send({ content, client_id }).then(
+    (stored) => {
+      if (session !== s) return;
+      outgoing.delete(client_id);
+      addMessages([stored]); // usually shown already, through onMessage
+    },
+    (err) => {
+      if (session !== s) return;
+      const m = outgoing.get(client_id);
+      if (m) m.failed = err.detail || err.message;
+      render();
+    },
+  );
 }
 
-/** Messages in server time order (`seq` breaks ties); unsent ones last. */
+/** Stored messages in server time order (`seq` breaks ties). */
 function byTime(a, b) {
-  const t = (m) => (m.pending ? Infinity : Date.parse(m.created_at));
-  return t(a) - t(b) || (a.seq ?? 0) - (b.seq ?? 0);
+  return Date.parse(a.created_at) - Date.parse(b.created_at) || (a.seq ?? 0) - (b.seq ?? 0);
 }
 
-/** Redraws the message list. A rebuild is fine for a demo's 50-odd messages. */
+/** Redraws the message list: stored messages, then our unsent ones in send order. A
+ *  rebuild is fine for a demo's 50-odd messages. */
 function render() {
-  const items = [...messages.values()].sort(byTime).map((m) => {
-    const li = document.createElement("li");
-    li.dataset.testid = "message";
-    li.dataset.sender = m.sender.id;
-    li.className = m.failed ? "failed" : m.pending ? "pending" : "";
-    if (m.sender.id === session?.user) li.classList.add("mine");
-    const who = document.createElement("span");
-    who.className = "sender";
-    who.textContent = m.sender.username; // textContent, never innerHTML: content is untrusted
-    const when = document.createElement("time");
-    if (m.created_at) {
-      when.dateTime = m.created_at;
-      when.textContent = new Date(m.created_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    } else {
-      when.textContent = m.failed ? `not sent: ${m.failed}` : "sending…";
-    }
-    const text = document.createElement("p");
-    text.dataset.testid = "message-content";
-    text.textContent = m.content;
-    li.append(who, when, text);
-    return li;
-  });
-  ui.messages.replaceChildren(...items);
+  const stored = [...messages.values()].sort(byTime).map((m) => messageItem(m, null));
+  const unsent = [...outgoing.values()].map((m) => messageItem(m, m.failed ? "failed" : "pending"));
+  ui.messages.replaceChildren(...stored, ...unsent);
   const main = ui.messages.parentElement;
   main.scrollTop = main.scrollHeight;
+}
+
+/** One message's `<li>`. `unsent` is "pending", "failed" or null (stored): it comes from
+ *  where the message is kept, never from the message's own fields. */
+function messageItem(m, unsent) {
+  const li = document.createElement("li");
+  li.dataset.testid = "message";
+  li.dataset.sender = m.sender.id;
+  li.className = unsent ?? "";
+  if (m.sender.id === session?.user) li.classList.add("mine");
+  const who = document.createElement("span");
+  who.className = "sender";
+  who.textContent = m.sender.username; // textContent, never innerHTML: content is untrusted
+  const when = document.createElement("time");
+  if (unsent) {
+    when.textContent = unsent === "failed" ? `not sent: ${m.failed}` : "sending…";
+  } else if (m.created_at) {
+    when.dateTime = m.created_at;
+    when.textContent = new Date(m.created_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+  const text = document.createElement("p");
+  text.dataset.testid = "message-content";
+  text.textContent = m.content;
+  li.append(who, when, text);
+  return li;
 }
 
 /** "Alice is typing…", "Alice and Bob are typing…", "Alice, Bob and Carol are typing…". */

@@ -236,7 +236,8 @@ pub enum Incoming {
 pub struct Verdict {
     /// Hand the message to the app (it is new).
     pub deliver: bool,
-    /// Resolve the send waiting for this `client_id` with this message.
+    /// Resolve the send waiting for this `client_id` with this message (our own echo:
+    /// sent by us, not merely carrying our `client_id`).
     pub resolve: bool,
     /// Reject the send waiting for this `client_id` with this error.
     pub reject: bool,
@@ -298,9 +299,10 @@ pub struct Machine<M> {
     outbox: Outbox<M>,
     /// Resume position and dedupe.
     resume: Resume,
-    /// Our user id from `ready` (authoritative).
+    /// Our user id from `ready` (authoritative): whose echoes acknowledge our sends and
+    /// whose typing is ours.
     ready_user: Option<String>,
-    /// Our user id from the options or the token, for base-layer peers.
+    /// Our user id from the options or the token, for base-layer peers (no `ready`).
     user_hint: Option<String>,
     /// What the glue must do next.
     out: Vec<Output<M>>,
@@ -538,12 +540,16 @@ impl<M: Clone> Machine<M> {
                     self.lost(now, CloseCode::Abnormal.as_u16());
                     return Verdict::default();
                 }
-                if let Some(sender) = sender_id {
-                    self.typer_stopped(&sender);
+                if let Some(sender) = &sender_id {
+                    self.typer_stopped(sender);
                 }
                 if let Some(client_id) = client_id {
-                    verdict.resolve = self.outbox.ack(&client_id);
+                    if self.sent_by_us(sender_id.as_deref()) {
+                        verdict.resolve = self.outbox.ack(&client_id);
+                    }
                 }
+                // Delivered whoever sent it: another member's message that reuses one of
+                // our `client_id`s is their message, not a duplicate of ours.
                 verdict.deliver = arrival == Arrival::New;
             }
             Incoming::TypingStart(user) => {
@@ -731,6 +737,19 @@ impl<M: Clone> Machine<M> {
                 self.send_ping(now);
             }
             _ => {}
+        }
+    }
+
+    /// Whether a message from `sender` is ours, so that its `client_id` may acknowledge
+    /// one of our sends. Any member can put any `client_id` in a message: only the
+    /// server-stamped sender tells our echo from a stranger's reuse of the key.
+    fn sent_by_us(&self, sender: Option<&str>) -> bool {
+        match self.user_id() {
+            Some(me) => sender == Some(me),
+            // No `ready`, no `userId` option and no readable `user_id` claim: nothing
+            // to compare with. Matching by `client_id` alone keeps sends working there
+            // (README: give `userId` to close this).
+            None => true,
         }
     }
 

@@ -233,9 +233,26 @@ impl Peer {
 
     /// Sends `content`, returning the promise as a future of the server's message.
     fn send(&self, content: &str) -> JsFuture {
-        let msg = object(&[("content", content.into())]);
-        let promise: Promise = self.client.send(msg.unchecked_into()).unchecked_into();
+        self.send_fields(&[("content", content.into())])
+    }
+
+    /// Sends `content` with the app's own `client_id`.
+    fn send_with_id(&self, content: &str, client_id: &str) -> JsFuture {
+        self.send_fields(&[("content", content.into()), ("client_id", client_id.into())])
+    }
+
+    fn send_fields(&self, fields: &[(&str, JsValue)]) -> JsFuture {
+        let promise: Promise = self.client.send(object(fields).unchecked_into()).unchecked_into();
         JsFuture::from(promise)
+    }
+
+    /// `(sender id, content)` of the messages delivered live, in delivery order.
+    fn senders_and_contents(&self) -> Vec<(String, String)> {
+        self.messages
+            .borrow()
+            .iter()
+            .map(|(_, m)| (text(&get(m, "sender"), "id"), text(m, "content")))
+            .collect()
     }
 }
 
@@ -453,6 +470,58 @@ async fn messages_out_of_order_make_the_sdk_resume_and_the_app_loses_none() {
     assert!(
         alice.reloads.borrow().is_empty(),
         "the two were replayed, no reload needed"
+    );
+}
+
+/// A member who sends a message with alice's pending `client_id` does not settle her
+/// send: her message is still delivered, with her own echo, and the other member's
+/// message reaches her as theirs. (Dev mode's `mallory` is in no chat, so `bob` plays
+/// the hostile member.)
+#[wasm_bindgen_test]
+async fn another_members_message_with_our_client_id_does_not_settle_our_send() {
+    let alice = Peer::new("alice", "general", proxy()).await;
+    let mallory = Peer::new("bob", "general", server()).await;
+    alice.open().await;
+    mallory.open().await;
+    let tag = tag("spoof");
+    let client_id = tag.clone() + "-key";
+
+    // Alice is offline, so her send waits in the outbox while mallory reuses its key.
+    harness("/proxy/cut").await;
+    wait_until("alice notices the cut", 5_000.0, || alice.state() != "open").await;
+    let pending = alice.send_with_id(&(tag.clone() + " from alice"), &client_id);
+    let spoof = mallory
+        .send_with_id(&(tag.clone() + " from mallory"), &client_id)
+        .await
+        .expect("the server stores mallory's message");
+    assert_eq!(text(&get(&spoof, "sender"), "id"), "bob");
+    assert_eq!(text(&spoof, "client_id"), client_id);
+
+    // Back online: the replay brings mallory's message first, then alice's echo.
+    harness("/proxy/restore").await;
+    let echo = pending.await.expect("alice's send resolves");
+    assert_eq!(
+        (text(&get(&echo, "sender"), "id"), text(&echo, "content")),
+        ("alice".to_owned(), tag.clone() + " from alice"),
+        "resolved with alice's own echo, not with mallory's message"
+    );
+    wait_until("alice has both messages", 5_000.0, || {
+        with_tag(alice.contents(), &tag).len() == 2
+    })
+    .await;
+    sleep(200).await;
+    let seen: Vec<(String, String)> = alice
+        .senders_and_contents()
+        .into_iter()
+        .filter(|(_, c)| c.starts_with(&tag))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("bob".to_owned(), tag.clone() + " from mallory"),
+            ("alice".to_owned(), tag.clone() + " from alice"),
+        ],
+        "both delivered once, each as its sender's"
     );
 }
 

@@ -92,6 +92,53 @@ test("a message Alice sends appears once for Bob, with sender and time, and in h
   await closeAll();
 });
 
+test("a member who reuses the client_id of Alice's message does not replace it on anyone's screen", async () => {
+  const alice = await openChat("alice");
+  const carol = await openChat("carol");
+  const bob = await openChat("bob"); // plays the hostile member
+  const text = unique("Meet at the station at six");
+  await alice.getByTestId("input").fill(text);
+  await alice.getByTestId("input").press("Enter");
+  assert.equal(await waitForMessage(carol, text), 1);
+
+  // Every member sees a message's client_id. Bob reads Alice's from the history API and
+  // sends his own message with it, through a raw socket from his page.
+  const spoof = unique("Cancelled, stay home");
+  const echoed = await bob.evaluate(async ({ text, spoof }) => {
+    const json = { "content-type": "application/json" };
+    const { token } = await fetch("/api/dev/token", { method: "POST", headers: json, body: JSON.stringify({ user_id: "bob" }) })
+      .then((r) => r.json());
+    const page = await fetch("/api/chats/general/messages?limit=50", { headers: { Authorization: `Bearer ${token}` } })
+      .then((r) => r.json());
+    const { client_id } = page.messages.find((m) => m.content === text);
+    const ws = new WebSocket(`${location.origin.replace(/^http/, "ws")}/ws/chat/general/?token=${encodeURIComponent(token)}`);
+    return new Promise((resolve, reject) => {
+      setTimeout(() => reject(new Error("no echo of bob's message")), 5_000);
+      ws.onopen = () => ws.send(JSON.stringify({ type: "new_message", message: { content: spoof, client_id } }));
+      ws.onmessage = (e) => {
+        const frame = JSON.parse(e.data);
+        if (frame.type === "new_message" && frame.message.content === spoof) {
+          ws.close();
+          resolve({ client_id, echo: frame.message.client_id });
+        }
+      };
+    });
+  }, { text, spoof });
+  assert.equal(echoed.echo, echoed.client_id, "the server passed Bob's reused client_id on");
+
+  for (const [name, page] of [["Carol", carol], ["Alice", alice]]) {
+    assert.equal(await waitForMessage(page, spoof), 1, `${name} sees Bob's message`);
+    const shown = await shownMessages(page);
+    assert.deepEqual(
+      shown.filter((m) => m.content === text || m.content === spoof).map((m) => [m.sender, m.content]),
+      [["Alice", text], ["Bob", spoof]],
+      `${name} still sees Alice's message, and Bob's as his`,
+    );
+  }
+  await screenshot(alice, "reused-client-id");
+  await closeAll();
+});
+
 test("a non-member picking a room sees a clear 'not a member' state", async () => {
   const page = await newPage(browser);
   pages.push(page);

@@ -616,3 +616,91 @@ fn a_too_big_close_is_reported_and_reconnects() {
         [State::Reconnecting { attempt: 1, .. }]
     ));
 }
+
+/// Another member can put any `client_id` in a message. Theirs is their message: it is
+/// delivered as such, and our send still waits for our own echo (and is resent until it
+/// comes: a stranger's message must not make ours look delivered and drop it).
+#[test]
+fn an_echo_of_our_client_id_from_another_sender_neither_resolves_our_send_nor_is_dropped() {
+    let mut m = machine();
+    open_with_ready(&mut m, 0.0, "e1", 0);
+    m.send("c1".into(), "mine").expect("room");
+    drain(&mut m);
+    let spoof = m.on_frame(10.0, message(Some(1), "mallory", Some("c1")));
+    assert!(spoof.deliver, "mallory's message is shown, as hers");
+    assert!(!spoof.resolve, "it does not acknowledge alice's send");
+    // The connection drops before alice's echo: her message is still waiting, and goes
+    // out again.
+    drop_and_retry(&mut m, 20.0, 1006);
+    m.on_socket_open(1_000.0);
+    m.on_frame(1_000.0, ready("e1", 1, true));
+    assert_eq!(sent(&drain(&mut m)), [Frame::Message("mine")]);
+    let own = m.on_frame(1_001.0, message(Some(2), "alice", Some("c1")));
+    assert!(own.deliver && own.resolve, "alice's own echo resolves her send");
+    let again = m.on_frame(1_002.0, message(Some(3), "mallory", Some("c1")));
+    assert!(again.deliver && !again.resolve);
+}
+
+/// A base-layer peer sends no `ready`: who we are comes from the `userId` option or
+/// the token's `user_id` claim (the glue's `set_user_hint`).
+#[test]
+fn without_ready_our_echo_is_recognised_by_the_user_id_we_were_given() {
+    let mut m = machine();
+    m.set_user_hint("alice".into());
+    m.connect(0.0);
+    m.on_socket_open(0.0);
+    m.tick(2_000.0);
+    m.send("c1".into(), "mine").expect("room");
+    drain(&mut m);
+    let spoof = m.on_frame(2_100.0, message(None, "bob", Some("c1")));
+    assert!(spoof.deliver && !spoof.resolve);
+    let own = m.on_frame(2_200.0, message(None, "alice", Some("c1")));
+    assert!(own.deliver && own.resolve);
+}
+
+/// `ready.user_id` is the server's word and wins over a hint that disagrees.
+#[test]
+fn ready_user_id_decides_whose_echo_is_ours() {
+    let mut m = machine();
+    m.set_user_hint("someone-else".into());
+    open_with_ready(&mut m, 0.0, "e1", 0);
+    m.send("c1".into(), "mine").expect("room");
+    drain(&mut m);
+    let hinted = m.on_frame(10.0, message(Some(1), "someone-else", Some("c1")));
+    assert!(!hinted.resolve);
+    let own = m.on_frame(20.0, message(Some(2), "alice", Some("c1")));
+    assert!(own.resolve);
+}
+
+/// An echo without a sender cannot be shown to be ours once we know who we are.
+#[test]
+fn an_echo_without_a_sender_does_not_resolve_a_send_of_a_known_user() {
+    let mut m = machine();
+    open_with_ready(&mut m, 0.0, "e1", 0);
+    m.send("c1".into(), "mine").expect("room");
+    drain(&mut m);
+    let anonymous = Incoming::Message {
+        seq: Some(1),
+        id: Some("m1".into()),
+        client_id: Some("c1".into()),
+        sender_id: None,
+    };
+    let v = m.on_frame(10.0, anonymous);
+    assert!(v.deliver && !v.resolve);
+}
+
+/// With no `ready`, no `userId` option and no readable `user_id` claim, the SDK has
+/// nothing to compare a sender with: the `client_id` alone acknowledges, so sends still
+/// settle (README: give `userId` on such a backend).
+#[test]
+fn with_no_known_identity_the_client_id_alone_acknowledges() {
+    let mut m = machine();
+    m.connect(0.0);
+    m.on_socket_open(0.0);
+    m.tick(2_000.0);
+    m.send("c1".into(), "mine").expect("room");
+    drain(&mut m);
+    assert_eq!(m.user_id(), None);
+    let v = m.on_frame(2_100.0, message(None, "whoever", Some("c1")));
+    assert!(v.deliver && v.resolve);
+}

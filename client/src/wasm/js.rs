@@ -144,8 +144,10 @@ pub fn random_seed() -> u64 {
     (js_sys::Math::random() * 9_007_199_254_740_992.0) as u64
 }
 
-/// The `user_id` claim of a JWT, read without verifying anything: it only tells the SDK
-/// which typing events are the user's own.
+/// The `user_id` claim of a JWT, read without verifying anything: it only tells the SDK,
+/// on a server that sends no `ready`, which typing events are the user's own and which
+/// echoes acknowledge the user's sends. Nothing is granted on it (the server checks the
+/// token); a wrong claim can only make the user's own sends wait.
 pub fn jwt_user_id(token: &str) -> Option<String> {
     // Byte positions and `get`: `split_once` brings in slicing panics and their messages.
     let dot = |s: &str| s.bytes().position(|b| b == b'.');

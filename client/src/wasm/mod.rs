@@ -222,8 +222,9 @@ impl HablarClient {
         self.inner.pump();
     }
 
-    /// Sends a message. Resolves with the server's message (the echo matched by
-    /// `client_id`); rejects with a `HablarError` (`outbox_full`, `invalid_message`,
+    /// Sends a message. Resolves with the server's message (its echo: sent by this user,
+    /// with this `client_id`; another member's message that reuses the `client_id` is
+    /// not it); rejects with a `HablarError` (`outbox_full`, `invalid_message`,
     /// `closed`, `failed`, or the server's error code). While offline the message waits
     /// in the outbox and is sent on reconnect with the same `client_id`.
     pub fn send(&self, message: OutgoingMessage) -> MessagePromise {

@@ -17,7 +17,8 @@ export interface HablarOptions {
   chatId: string;
   /** The access JWT, or a function that returns (a promise of) a fresh one. */
   token: string | TokenProvider;
-  /** Your user id, for servers that send no `ready` (default: the JWT's `user_id` claim). */
+  /** Your user id, for servers that send no `ready` (default: the JWT's `user_id` claim):
+   *  it tells your own typing and your own echoes (sender and `client_id`) from others'. */
   userId?: string;
   /** Ceiling of the first reconnect delay, ms (default 500). Delays are fully jittered. */
   backoffBaseMs?: number;
