@@ -97,3 +97,20 @@ impl IntoResponse for Error {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up() {
+        for (wait, header) in [(200, "1"), (1000, "1"), (1500, "2"), (0, "1")] {
+            let retry_after = Duration::from_millis(wait);
+            let response = Error::TooManyRequests { retry_after }.into_response();
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(response.headers()["retry-after"], header, "{wait} ms");
+        }
+    }
+}

@@ -103,9 +103,9 @@ pub async fn serve(
     serve_with(listener, metrics, config, shutdown).await
 }
 
-/// [`serve`], with `/metrics` served only on `metrics` when given (already bound, so that
-/// its caller knows the port), whatever `--metrics-bind` says; the public listener then
-/// answers 404 for it.
+/// [`serve`], with `/metrics` served only on `metrics_listener` when given (bound by the
+/// caller, who so knows its port), whatever `--metrics-bind` says; the public listener
+/// then answers 404 for it.
 pub async fn serve_with(
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
