@@ -42,8 +42,10 @@ start_server() {
   local bin=$1 name=$2
   shift 2
   local log="$BENCH_LOGS/$name.out"
+  # The generator's thousands of connections all come from 127.0.0.1: no connection caps.
   RUST_LOG=${RUST_LOG:-warn} "$bin" --bind 127.0.0.1:0 --jwt-secret "$BENCH_SECRET" \
     --admin-key "$BENCH_ADMIN_KEY" --rate-per-sec 1000000 --rate-burst 1000000 \
+    --max-connections-per-ip 0 --max-connections 0 \
     "$@" >"$log" 2>"$BENCH_LOGS/$name.err" &
   PID=$!
   BENCH_PIDS+=("$PID")

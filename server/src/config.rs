@@ -1,12 +1,13 @@
 //! Server configuration: clap flags, each also read from the environment.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use hablar_protocol::limits;
+use ipnet::IpNet;
 
 use crate::error::{Error, Result};
 
@@ -94,6 +95,13 @@ pub struct Config {
     /// wasm-pack output served at `/pkg/` in dev mode.
     #[arg(long, env = "HABLAR_PKG_DIR", default_value = "client/pkg")]
     pub pkg_dir: PathBuf,
+    /// Serve `/metrics` only on this address (e.g. `127.0.0.1:9100`), not on `--bind`.
+    #[arg(long, env = "HABLAR_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
+    /// Proxies whose `X-Forwarded-For` names the client (comma list of addresses or
+    /// CIDR ranges, e.g. `10.0.0.0/8`); without it the socket peer is the client.
+    #[arg(long, env = "HABLAR_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_proxy)]
+    pub trusted_proxies: Vec<IpNet>,
     /// The limits.
     #[command(flatten)]
     pub limits: Limits,
@@ -129,6 +137,27 @@ pub struct Limits {
     /// Handshakes one user may make in a burst (tabs opening, a reconnect storm).
     #[arg(long, env = "HABLAR_CONNECT_BURST", default_value_t = 20)]
     pub connect_burst: u32,
+    /// Open WebSocket connections from one client address (an IPv6 /64 counts as one);
+    /// more close with 4429. 0: no limit.
+    #[arg(long, env = "HABLAR_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+    /// Open WebSocket connections on this instance; more close with 4429. 0: no limit.
+    #[arg(long, env = "HABLAR_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+    /// Failed handshakes (bad token, no such chat, not a member) one client address may
+    /// make in a burst; then its handshakes close with 4429 before any token check until
+    /// the bucket refills. 0: no throttle.
+    #[arg(long, env = "HABLAR_FAILED_HANDSHAKE_BURST", default_value_t = 20)]
+    pub failed_handshake_burst: u32,
+    /// Failed handshakes per second one client address is allowed on average.
+    #[arg(long, env = "HABLAR_FAILED_HANDSHAKE_RATE_PER_SEC", default_value_t = 0.5)]
+    pub failed_handshake_rate_per_sec: f64,
+    /// History requests per second one user may make on average; more answer 429.
+    #[arg(long, env = "HABLAR_HISTORY_RATE_PER_SEC", default_value_t = 5.0)]
+    pub history_rate_per_sec: f64,
+    /// History requests one user may make in a burst (pages loaded at start, scrolling).
+    #[arg(long, env = "HABLAR_HISTORY_BURST", default_value_t = 30)]
+    pub history_burst: u32,
     /// Frames queued for one connection; a slow reader past it is closed with 4408.
     #[arg(long, env = "HABLAR_OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
@@ -205,6 +234,9 @@ impl Config {
             || l.rate_per_sec <= 0.0
             || l.connect_burst == 0
             || l.connect_rate_per_sec <= 0.0
+            || l.failed_handshake_rate_per_sec <= 0.0
+            || l.history_burst == 0
+            || l.history_rate_per_sec <= 0.0
         {
             return Err(Error::Config(
                 "limits: max frame ≥ 1024 bytes, queue, burst and rate must be positive".into(),
@@ -217,6 +249,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A `--trusted-proxies` entry: a CIDR range or a single address.
+fn parse_proxy(text: &str) -> std::result::Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is neither an IP address nor a CIDR range"))
 }
 
 impl Limits {
@@ -276,6 +316,19 @@ mod tests {
                 .expect("parses");
         let debug = format!("{config:?}");
         assert!(!debug.contains("s3cr3t") && !debug.contains("k3y"));
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        let config = Config::try_parse_from([
+            "hablar-server",
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.0.2.7,2001:db8::/32",
+        ])
+        .expect("parses");
+        let proxies: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(proxies, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+        assert!(Config::try_parse_from(["hablar-server", "--trusted-proxies", "lb.internal"]).is_err());
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tokio::sync::{oneshot, watch};
 use crate::backend::{ChatEvent, NewMessage, Replay};
 use crate::limits::{ConnectionSlot, RateDecision, RateLimiter};
 use crate::outbox::{Next, Outbound, Outbox};
+use crate::peer::PeerSlot;
 use crate::rooms::{Closer, ConnHandle};
 use crate::AppState;
 
@@ -73,8 +74,16 @@ struct Session {
     calls: Calls,
 }
 
-/// Runs one upgraded connection to its end.
-pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: RawConnect) {
+/// Closes a socket refused before admission (the limits per address) with `code`.
+pub async fn refuse(app: Arc<AppState>, socket: WebSocket, code: CloseCode) {
+    let _tracked = app.tracker.clone();
+    let (mut sink, mut stream) = socket.split();
+    finish(&app, &mut sink, &mut stream, End::Close(code), None).await;
+}
+
+/// Runs one upgraded connection to its end. `peer` counts it against its client address
+/// until then, and hears of a refused admission.
+pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: RawConnect, peer: PeerSlot) {
     let _tracked = app.tracker.clone();
     let (mut sink, mut stream) = socket.split();
     if *app.shutdown.borrow() {
@@ -83,6 +92,7 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
     let admitted = match admit(&app, &chat, query.token.as_deref()).await {
         Ok(admitted) => Arc::new(admitted),
         Err(code) => {
+            peer.refused(code, Instant::now());
             // `chat` is the raw, percent-decoded path: Debug escapes any newline in it, so
             // that it cannot forge log lines.
             tracing::info!(chat = ?chat, code = code.as_u16(), reason = code.reason(), "handshake refused");

@@ -30,6 +30,12 @@ pub enum Error {
     /// The request is malformed.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The client asked too often; it may ask again after `retry_after`.
+    #[error("too many requests")]
+    TooManyRequests {
+        /// How long until the client's bucket has a token again.
+        retry_after: std::time::Duration,
+    },
     /// The store or broker failed; the detail is logged, never sent.
     #[error("backend unavailable: {0}")]
     Backend(String),
@@ -46,6 +52,11 @@ impl IntoResponse for Error {
             Self::NotMember => (StatusCode::FORBIDDEN, "forbidden", self.to_string()),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found", self.to_string()),
             Self::BadRequest(detail) => (StatusCode::BAD_REQUEST, "bad_request", detail.clone()),
+            Self::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests; retry after the Retry-After seconds".to_owned(),
+            ),
             Self::Backend(_) => {
                 tracing::error!(error = %self, "backend error while answering a request");
                 (
@@ -68,6 +79,15 @@ impl IntoResponse for Error {
             Json(serde_json::json!({ "error": code, "detail": detail })),
         )
             .into_response();
+        if let Self::TooManyRequests { retry_after } = &self {
+            // Whole seconds (RFC 9110 §10.2.3), rounded up so that a client that waits
+            // exactly this long finds a token.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs.max(1)),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -75,5 +95,22 @@ impl IntoResponse for Error {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up() {
+        for (wait, header) in [(200, "1"), (1000, "1"), (1500, "2"), (0, "1")] {
+            let retry_after = Duration::from_millis(wait);
+            let response = Error::TooManyRequests { retry_after }.into_response();
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(response.headers()["retry-after"], header, "{wait} ms");
+        }
     }
 }

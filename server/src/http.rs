@@ -1,21 +1,24 @@
 //! The HTTP surface: the router, the WebSocket handshake (Origin check before the
-//! upgrade), history, health, metrics, and in dev mode the token endpoint, CORS for
-//! loopback origins and the static files.
+//! upgrade, then the limits per client address), history (rate-limited per user),
+//! health, metrics (or a router of its own for a private listener), and in dev mode the
+//! token endpoint, CORS for loopback origins and the static files.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use hablar_protocol::events::HistoryPage;
 use hablar_protocol::limits::MAX_HISTORY_LIMIT;
-use hablar_protocol::{ChatId, Seq, UserId};
+use hablar_protocol::{ChatId, CloseCode, Seq, UserId};
 use serde::Deserialize;
 use serde_json::json;
 use tower_http::services::ServeDir;
@@ -24,10 +27,14 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{mint_hs256, AuthError, Claims};
 use crate::connection::{self, RawConnect};
 use crate::error::{Error, Result};
-use crate::{admin, AppState};
+use crate::{admin, peer, AppState};
 
-/// The server's routes.
-pub fn router(app: Arc<AppState>) -> Router {
+/// The server's routes; `/metrics` among them unless `private_metrics` (then it is served
+/// by [`metrics_router`] on a listener of its own, and answers 404 here).
+///
+/// Serve it with `into_make_service_with_connect_info::<SocketAddr>()`: the limits per
+/// client address need the peer's address, and without it every client counts as one.
+pub fn router(app: Arc<AppState>, private_metrics: bool) -> Router {
     // The browser-facing JSON API answers CORS for the allowed origins (and loopback in
     // dev mode); the admin API is server-to-server and does not.
     let mut api = Router::new().route("/api/chats/{chat_id}/messages", get(history));
@@ -39,9 +46,11 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/ws/chat/{chat_id}/", get(ws_handshake))
         .route("/ws/chat/{chat_id}", get(ws_handshake))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
         .merge(api)
         .merge(admin::routes());
+    if !private_metrics {
+        router = router.route("/metrics", get(metrics));
+    }
     if app.config.dev {
         router = router
             .nest_service("/pkg", ServeDir::new(&app.config.pkg_dir))
@@ -54,6 +63,11 @@ pub fn router(app: Arc<AppState>) -> Router {
     router.layer(trace).with_state(app)
 }
 
+/// `/metrics` alone, for a private listener (`--metrics-bind`).
+pub fn metrics_router(app: Arc<AppState>) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(app)
+}
+
 /// Initial WebSocket read buffer per connection.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 
@@ -62,6 +76,7 @@ async fn ws_handshake(
     Path(chat): Path<String>,
     query: Result<Query<RawConnect>, QueryRejection>,
     headers: HeaderMap,
+    connect_info: Option<Extension<ConnectInfo<SocketAddr>>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     // A header that is not visible ASCII cannot be on the list.
@@ -75,14 +90,27 @@ async fn ws_handshake(
     }
     let query = query.map(|Query(q)| q).unwrap_or_default();
     let max = app.config.limits.max_frame_bytes;
-    upgrade
+    let upgrade = upgrade
         // tungstenite zero-fills its whole read buffer (128 KiB by default) on the first
         // read, so the default would cost every idle connection 128 KiB of RSS. Client
         // frames are small; the buffer still grows for a large one (up to `max`).
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| connection::run(app, socket, chat, query))
+        .max_frame_size(max);
+    // Without connect info (a router served without it) every client is one address.
+    let peer = connect_info.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0 .0.ip());
+    let client = peer::client_ip(peer, &headers, &app.config.trusted_proxies);
+    match app.peers.admit(client, Instant::now()) {
+        Ok(slot) => upgrade.on_upgrade(move |socket| connection::run(app, socket, chat, query, slot)),
+        Err(why) => {
+            // Refused after the upgrade, with a close code a browser can read, like the
+            // other refusals; the token is never looked at. Debug level: a flood must not
+            // flood the log too (the metric counts them).
+            tracing::debug!(%client, ?why, "handshake refused by the limits per address");
+            app.metrics.refused(why);
+            upgrade.on_upgrade(move |socket| connection::refuse(app, socket, CloseCode::TooMany))
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -98,6 +126,11 @@ async fn history(
     headers: HeaderMap,
 ) -> Result<Json<HistoryPage>> {
     let claims = bearer_claims(&app, &headers)?;
+    // Charged before the store is read, whatever the answer: a 403 or 404 costs as much.
+    if let Err(wait) = app.history_rate.take(&claims.user_id, Instant::now()) {
+        app.metrics.history_limited.fetch_add(1, Relaxed);
+        return Err(Error::TooManyRequests { retry_after: wait });
+    }
     let Query(query) = query.map_err(|err| Error::BadRequest(err.body_text()))?;
     let chat = ChatId::new(chat).map_err(|_| Error::NotFound)?;
     if !app.backend.chat_exists(&chat).await? {

@@ -9,14 +9,16 @@
 //! - [`origin`]: the `Origin` allow-list checked before the upgrade.
 //! - [`backend`]: the store + broker trait and its in-memory implementation.
 //! - [`rooms`]: the local hub fanning a chat's events out to this instance's sockets.
-//! - [`limits`]: token-bucket rate limit and per-user connection counting.
+//! - [`limits`]: token-bucket rate limits (per connection, per key) and per-user
+//!   connection counting.
+//! - [`peer`]: the client's address (trusted proxies) and the limits per address.
 //! - [`connection`]: one socket: admission, `ready` + replay, reader/writer, cleanup.
 //! - [`http`]: the router, handshake, history, health, metrics, dev-mode endpoints.
 //! - [`admin`]: the admin API for chats, members and profiles.
 //! - [`metrics`]: counters in the Prometheus text format.
 //! - [`dev`]: the dev-mode seed data.
 //!
-//! The binary only parses [`Config`] and calls [`serve`], which tests call too.
+//! The binary only parses [`Config`] and calls [`serve_with`] (tests call it or [`serve`]).
 
 pub mod admin;
 pub mod auth;
@@ -30,12 +32,15 @@ pub mod limits;
 pub mod metrics;
 pub mod origin;
 pub mod outbox;
+pub mod peer;
 pub mod rooms;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture as _};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::serve::ListenerExt as _;
+use hablar_protocol::UserId;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -45,9 +50,10 @@ pub use error::{Error, Result};
 use crate::auth::Verifier;
 use crate::backend::redis::RedisBackend;
 use crate::backend::{Backend, MemoryBackend};
-use crate::limits::{ConnectRate, ConnectionCounter};
+use crate::limits::{ConnectRate, ConnectionCounter, RateByKey};
 use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
+use crate::peer::PeerLimits;
 use crate::rooms::Rooms;
 
 /// What every handler and connection shares.
@@ -68,6 +74,10 @@ pub struct AppState {
     pub connections: Arc<ConnectionCounter>,
     /// Handshakes per user.
     pub connect_rate: ConnectRate,
+    /// Connections and failed handshakes per client address, connections in all.
+    pub peers: Arc<PeerLimits>,
+    /// History requests per user.
+    pub history_rate: RateByKey<UserId>,
     /// Becomes `true` when the server shuts down: connections close with 1012.
     pub shutdown: watch::Receiver<bool>,
     /// Held by every connection task; [`serve`] waits until all are dropped.
@@ -75,9 +85,30 @@ pub struct AppState {
 }
 
 /// Serves Hablar on `listener` until `shutdown` completes, then closes every socket with
-/// 1012 and waits (up to the configured grace period) for them to finish.
+/// 1012 and waits (up to the configured grace period) for them to finish. With
+/// `--metrics-bind`, `/metrics` is served there instead (see [`serve_with`]).
 pub async fn serve(
     listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let metrics = match config.metrics_bind {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|err| Error::Config(format!("cannot listen for metrics on {addr}: {err}")))?,
+        ),
+        None => None,
+    };
+    serve_with(listener, metrics, config, shutdown).await
+}
+
+/// [`serve`], with `/metrics` served only on `metrics_listener` when given (bound by the
+/// caller, who so knows its port), whatever `--metrics-bind` says; the public listener
+/// then answers 404 for it.
+pub async fn serve_with(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
@@ -121,6 +152,15 @@ pub async fn serve(
     } else {
         ConnectRate::new(config.limits.connect_rate_per_sec, config.limits.connect_burst)
     };
+    let history_rate = if config.dev {
+        RateByKey::new(
+            config.limits.history_rate_per_sec.max(100.0),
+            config.limits.history_burst.max(1000),
+        )
+    } else {
+        RateByKey::new(config.limits.history_rate_per_sec, config.limits.history_burst)
+    };
+    let peers = Arc::new(PeerLimits::new(&config.limits, config.dev));
     let app = Arc::new(AppState {
         verifier: Verifier::new(secret.expose().as_bytes(), config.jwt_leeway_secs),
         origins: OriginPolicy::new(&config.allowed_origins, config.refuse_missing_origin, config.dev),
@@ -130,11 +170,28 @@ pub async fn serve(
         metrics,
         connections: Arc::new(ConnectionCounter::default()),
         connect_rate,
+        peers,
+        history_rate,
         shutdown: stop_rx,
         tracker,
     });
     tracing::info!(%addr, dev = app.config.dev, "serving");
-    let router = http::router(app);
+    let router = http::router(app.clone(), metrics_listener.is_some());
+    // The metrics listener stops with the public one.
+    let metrics_server = match metrics_listener {
+        Some(listener) => {
+            let metrics_addr = listener.local_addr()?;
+            tracing::info!(%metrics_addr, "serving /metrics");
+            let mut stopped = app.shutdown.clone();
+            let server =
+                axum::serve(listener, http::metrics_router(app.clone())).with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                });
+            Some(tokio::spawn(server.into_future()))
+        }
+        None => None,
+    };
+    drop(app);
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: closing sockets with 1012");
@@ -145,9 +202,14 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router)
+    // The peer's address is what the limits per client address count.
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(signal)
         .await?;
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     // Every connection task holds a tracker; `recv` ends when the last one is gone.
     let _ = tokio::time::timeout(grace, all_closed.recv()).await;
     tracing::info!("stopped");

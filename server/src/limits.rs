@@ -1,10 +1,12 @@
 //! Limits that protect the server from one client: a per-connection token bucket with
-//! a strike count for repeated abuse, and a per-user connection counter. Sans-I/O: time
-//! is passed in.
+//! a strike count for repeated abuse, token buckets per key (handshakes and history
+//! requests per user, failed handshakes per address), and a per-user connection counter.
+//! Sans-I/O: time is passed in.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hablar_protocol::UserId;
 use parking_lot::Mutex;
@@ -70,6 +72,18 @@ impl RateLimiter {
 }
 
 impl RateLimiter {
+    /// How long until a token is there, as of the last [`RateLimiter::check`].
+    pub fn wait(&self) -> Duration {
+        let missing = (1.0 - self.tokens).max(0.0);
+        Duration::try_from_secs_f64(missing / self.rate).unwrap_or(Duration::MAX)
+    }
+
+    /// The tokens the bucket holds at `now`, refill included.
+    fn tokens_at(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        (self.tokens + elapsed * self.rate).min(self.burst)
+    }
+
     /// Whether the bucket would be full at `now` (its owner has been quiet long enough
     /// that forgetting it changes nothing).
     pub fn is_full(&self, now: Instant) -> bool {
@@ -80,36 +94,40 @@ impl RateLimiter {
 
 /// Handshakes per user on this instance: a token bucket each, so that a client stuck in
 /// a reconnect loop gets 4429 instead of costing a token check and store reads each time.
+pub type ConnectRate = RateByKey<UserId>;
+
+/// A token bucket per key (a user, a client address), in memory bounded by the keys
+/// that were active recently.
 #[derive(Debug)]
-pub struct ConnectRate {
-    /// Buckets by user; full ones are forgotten when the map grows.
-    buckets: Mutex<Buckets>,
-    /// Handshakes per second per user, on average.
+pub struct RateByKey<K> {
+    /// Buckets by key; full ones are forgotten when the map grows.
+    buckets: Mutex<Buckets<K>>,
+    /// Events per second per key, on average.
     rate: f64,
-    /// Handshakes per user in a burst.
+    /// Events per key in a burst.
     burst: u32,
 }
 
 /// The buckets and the size at which full ones are swept out next.
 #[derive(Debug)]
-struct Buckets {
-    by_user: HashMap<UserId, RateLimiter>,
-    /// Twice the size left by the last sweep (at least [`ConnectRate::SWEEP_AT`]), so
+struct Buckets<K> {
+    by_key: HashMap<K, RateLimiter>,
+    /// Twice the size left by the last sweep (at least [`RateByKey::SWEEP_AT`]), so
     /// that a sweep, which scans the whole map under the lock, comes at most once per as
-    /// many new users as the map held: amortised O(1) per handshake even when most
-    /// buckets are not full (many users connecting at once), instead of a scan each time.
+    /// many new keys as the map held: amortised O(1) per event even when most buckets
+    /// are not full (many users connecting at once), instead of a scan each time.
     sweep_at: usize,
 }
 
-impl ConnectRate {
-    /// Users tracked before full buckets are swept out for the first time.
+impl<K: Eq + Hash + Clone> RateByKey<K> {
+    /// Keys tracked before full buckets are swept out for the first time.
     const SWEEP_AT: usize = 10_000;
 
-    /// A limiter allowing `burst` handshakes at once and `rate_per_sec` after.
+    /// A limiter allowing `burst` events at once and `rate_per_sec` after, per key.
     pub fn new(rate_per_sec: f64, burst: u32) -> Self {
         Self {
             buckets: Mutex::new(Buckets {
-                by_user: HashMap::new(),
+                by_key: HashMap::new(),
                 sweep_at: Self::SWEEP_AT,
             }),
             rate: rate_per_sec,
@@ -117,18 +135,36 @@ impl ConnectRate {
         }
     }
 
-    /// Whether `user` may open another connection at `now`.
-    pub fn allow(&self, user: &UserId, now: Instant) -> bool {
+    /// Whether `key` may do another event at `now` (and takes a token if so).
+    pub fn allow(&self, key: &K, now: Instant) -> bool {
+        self.take(key, now).is_ok()
+    }
+
+    /// Takes a token for `key` at `now`, or says how long until one is there.
+    pub fn take(&self, key: &K, now: Instant) -> Result<(), Duration> {
         let mut buckets = self.buckets.lock();
-        if buckets.by_user.len() >= buckets.sweep_at {
-            buckets.by_user.retain(|_, bucket| !bucket.is_full(now));
-            buckets.sweep_at = Self::SWEEP_AT.max(buckets.by_user.len().saturating_mul(2));
+        if buckets.by_key.len() >= buckets.sweep_at {
+            buckets.by_key.retain(|_, bucket| !bucket.is_full(now));
+            buckets.sweep_at = Self::SWEEP_AT.max(buckets.by_key.len().saturating_mul(2));
         }
         let bucket = buckets
-            .by_user
-            .entry(user.clone())
+            .by_key
+            .entry(key.clone())
             .or_insert_with(|| RateLimiter::new(self.rate, self.burst, u32::MAX, now));
-        bucket.check(now) == RateDecision::Allow
+        match bucket.check(now) {
+            RateDecision::Allow => Ok(()),
+            RateDecision::Limited | RateDecision::Close => Err(bucket.wait()),
+        }
+    }
+
+    /// Whether `key` has a token at `now`, without taking it (a key never charged has a
+    /// full bucket, and gets no entry).
+    pub fn has_token(&self, key: &K, now: Instant) -> bool {
+        let buckets = self.buckets.lock();
+        buckets
+            .by_key
+            .get(key)
+            .is_none_or(|bucket| bucket.tokens_at(now) >= 1.0)
     }
 }
 
@@ -186,8 +222,6 @@ impl Drop for ConnectionSlot {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
@@ -213,7 +247,7 @@ mod tests {
         let rate = ConnectRate::new(1.0, 2);
         let t0 = Instant::now();
         let user = |i: usize| UserId::new(format!("u{i}")).expect("a valid user id");
-        let tracked = || rate.buckets.lock().by_user.len();
+        let tracked = || rate.buckets.lock().by_key.len();
         // As many users as trigger a sweep, all of them just connected: none is full,
         // so the sweep frees nothing.
         for i in 0..ConnectRate::SWEEP_AT {
@@ -242,6 +276,31 @@ mod tests {
         let busy = user(next);
         assert!(rate.allow(&busy, later));
         assert!(!rate.allow(&busy, later), "a burst of 2, then limited");
+    }
+
+    #[test]
+    fn a_limited_key_is_told_how_long_to_wait() {
+        let t0 = Instant::now();
+        let rate = RateByKey::new(2.0, 1);
+        assert_eq!(rate.take(&"alice", t0), Ok(()));
+        assert_eq!(rate.take(&"alice", t0), Err(Duration::from_millis(500)));
+        let later = t0 + Duration::from_millis(200);
+        let wait = rate.take(&"alice", later).expect_err("still empty");
+        assert!((wait.as_secs_f64() - 0.3).abs() < 1e-6, "{wait:?}");
+        assert_eq!(rate.take(&"bob", t0), Ok(()), "each key has its own bucket");
+    }
+
+    #[test]
+    fn peeking_at_a_bucket_takes_nothing_and_tracks_nothing() {
+        let t0 = Instant::now();
+        let rate = RateByKey::new(1.0, 2);
+        assert!(rate.has_token(&"new", t0));
+        assert_eq!(rate.buckets.lock().by_key.len(), 0, "a peek adds no entry");
+        assert!(rate.allow(&"x", t0));
+        assert!(rate.has_token(&"x", t0), "one token left");
+        assert!(rate.allow(&"x", t0));
+        assert!(!rate.has_token(&"x", t0));
+        assert!(rate.has_token(&"x", t0 + Duration::from_secs(1)), "refilled");
     }
 
     #[test]

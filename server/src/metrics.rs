@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use hablar_protocol::CloseCode;
 
+use crate::peer::Refusal;
+
 /// Close codes counted separately; everything else is `other`.
 const CLOSE_CODES: [u16; 12] = [
     1000, 1001, 1006, 1008, 1009, 1011, 1012, 4401, 4403, 4404, 4408, 4429,
@@ -28,6 +30,11 @@ pub struct Metrics {
     /// Frames not queued because a connection's queue was full: typing events dropped, and
     /// presence events held back (the latest per user is sent once the queue drains).
     pub dropped: AtomicU64,
+    /// Handshakes refused before their token was checked, by [`Refusal`] (throttled,
+    /// address full, instance full).
+    refused: [AtomicU64; 3],
+    /// History requests answered 429.
+    pub history_limited: AtomicU64,
     /// Closes by code, in `CLOSE_CODES` order, then `other`.
     closes: [AtomicU64; CLOSE_CODES.len() + 1],
 }
@@ -51,6 +58,11 @@ impl Metrics {
             .position(|c| *c == code)
             .unwrap_or(CLOSE_CODES.len());
         self.closes[index].load(Relaxed)
+    }
+
+    /// Counts a handshake refused for `why`.
+    pub fn refused(&self, why: Refusal) {
+        self.refused[refusal_index(why)].fetch_add(1, Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -101,6 +113,28 @@ impl Metrics {
             "Frames dropped (typing) or held back (presence) for a full connection queue.",
             self.dropped.load(Relaxed).to_string(),
         );
+        metric(
+            "hablar_history_limited_total",
+            "counter",
+            "History requests answered 429 (per-user rate limit).",
+            self.history_limited.load(Relaxed).to_string(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hablar_handshakes_refused_total Handshakes refused with 4429 before the token check, by reason.\n# TYPE hablar_handshakes_refused_total counter"
+        );
+        for why in [Refusal::Throttled, Refusal::AddressFull, Refusal::InstanceFull] {
+            let reason = match why {
+                Refusal::Throttled => "failed_handshakes",
+                Refusal::AddressFull => "connections_per_ip",
+                Refusal::InstanceFull => "connections",
+            };
+            let count = self.refused[refusal_index(why)].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "hablar_handshakes_refused_total{{reason=\"{reason}\"}} {count}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP hablar_closes_total WebSocket closes by close code.\n# TYPE hablar_closes_total counter"
@@ -118,6 +152,15 @@ impl Metrics {
     }
 }
 
+/// The slot of `why` in [`Metrics::refused`].
+fn refusal_index(why: Refusal) -> usize {
+    match why {
+        Refusal::Throttled => 0,
+        Refusal::AddressFull => 1,
+        Refusal::InstanceFull => 2,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,7 +171,11 @@ mod tests {
         m.connections.fetch_add(2, Relaxed);
         m.close(CloseCode::TooSlow);
         m.close(CloseCode::Other(4999));
+        m.refused(Refusal::Throttled);
         let text = m.render();
+        assert!(text.contains("hablar_handshakes_refused_total{reason=\"failed_handshakes\"} 1\n"));
+        assert!(text.contains("hablar_handshakes_refused_total{reason=\"connections\"} 0\n"));
+        assert!(text.contains("hablar_history_limited_total 0\n"));
         assert!(text.contains("hablar_connections 2\n"));
         assert!(text.contains("hablar_closes_total{code=\"4408\"} 1\n"));
         assert!(text.contains("hablar_closes_total{code=\"other\"} 1\n"));

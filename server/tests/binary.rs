@@ -78,3 +78,17 @@ fn refuses_to_start_without_a_jwt_secret() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("JWT secret"));
 }
+
+#[test]
+fn refuses_to_start_when_its_metrics_address_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let output = server()
+        .args(["--bind", "127.0.0.1:0", "--dev", "--metrics-bind", &addr])
+        .output()
+        .expect("run hablar-server");
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "no listening line");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot listen for metrics"), "{stderr}");
+}

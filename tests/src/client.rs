@@ -36,11 +36,20 @@ impl Client {
 
     /// Opens `url` with an optional `Origin` header, like a browser.
     pub async fn connect_with_origin(url: &str, origin: Option<&str>) -> Result<Self, tungstenite::Error> {
+        let headers: Vec<_> = origin.map(|origin| ("origin", origin)).into_iter().collect();
+        Self::connect_with_headers(url, &headers).await
+    }
+
+    /// Opens `url` with extra request headers (`Origin`, `X-Forwarded-For`…).
+    pub async fn connect_with_headers(
+        url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Self, tungstenite::Error> {
         let mut request = url.into_client_request()?;
-        if let Some(origin) = origin {
+        for (name, value) in headers {
             request
                 .headers_mut()
-                .insert("origin", HeaderValue::from_str(origin).expect("origin header"));
+                .append(*name, HeaderValue::from_str(value).expect("a header value"));
         }
         let (ws, _) = tokio_tungstenite::connect_async(request).await?;
         Ok(Self { ws })

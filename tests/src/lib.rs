@@ -1,8 +1,9 @@
 //! Helpers for Hablar's cross-crate tests: starting real servers and services on free
 //! ports and talking to them over real sockets.
 //!
-//! - [`TestServer`]: the real server in-process (`hablar_server::serve` on port 0),
-//!   with admin and history helpers over real HTTP.
+//! - [`TestServer`]: the real server in-process (`hablar_server::serve_with` on port 0,
+//!   and a metrics port when the test asks for one), with admin, history and metrics
+//!   helpers over real HTTP.
 //! - [`tokens`]: HS256 JWT minting (valid, expired, refresh, other algorithms…); every
 //!   minted token is remembered so that [`logs`] can prove none was logged.
 //! - [`Client`]: a tokio-tungstenite client whose `recv_event` returns typed

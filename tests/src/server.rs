@@ -26,6 +26,9 @@ pub fn no_rate_limit(config: &mut Config) {
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when the test set `metrics_bind` (bound here, on the
+    /// address given, port 0 for a free one); `None`: on [`TestServer::addr`].
+    pub metrics_addr: Option<SocketAddr>,
     /// Triggers graceful shutdown.
     stop: Option<oneshot::Sender<()>>,
     /// The `serve` task.
@@ -62,12 +65,20 @@ impl TestServer {
         configure(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
         let addr = listener.local_addr().expect("local addr");
+        let metrics = match config.metrics_bind {
+            Some(at) => Some(TcpListener::bind(at).await.expect("bind the metrics port")),
+            None => None,
+        };
+        let metrics_addr = metrics
+            .as_ref()
+            .map(|listener| listener.local_addr().expect("metrics addr"));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(hablar_server::serve(listener, config, async move {
+        let task = tokio::spawn(hablar_server::serve_with(listener, metrics, config, async move {
             let _ = stopped.await;
         }));
         Self {
             addr,
+            metrics_addr,
             stop: Some(stop),
             task: Some(task),
             http: reqwest::Client::new(),
@@ -169,11 +180,12 @@ impl TestServer {
         (status, res.json().await.unwrap_or(Value::Null))
     }
 
-    /// The `/metrics` text.
+    /// The `/metrics` text, from wherever it is served.
     pub async fn metrics(&self) -> String {
+        let at = self.metrics_addr.unwrap_or(self.addr);
         let res = self
             .http
-            .get(format!("{}/metrics", self.http_url()))
+            .get(format!("http://{at}/metrics"))
             .send()
             .await
             .expect("metrics");

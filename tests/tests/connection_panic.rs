@@ -16,9 +16,10 @@ use hablar_server::auth::Verifier;
 use hablar_server::backend::{
     Appended, Backend, ChatEvent, MemoryBackend, NewMessage, PresenceJoined, Replay,
 };
-use hablar_server::limits::{ConnectRate, ConnectionCounter};
+use hablar_server::limits::{ConnectRate, ConnectionCounter, RateByKey};
 use hablar_server::metrics::Metrics;
 use hablar_server::origin::OriginPolicy;
+use hablar_server::peer::PeerLimits;
 use hablar_server::rooms::Rooms;
 use hablar_server::{http, AppState, Config, Result};
 use hablar_tests::client::Frame;
@@ -106,6 +107,8 @@ async fn a_panicking_connection_still_leaves_presence_and_the_hub() {
         verifier: Verifier::new(tokens::SECRET.as_bytes(), 0),
         origins: OriginPolicy::new(&[], false, false),
         connect_rate: ConnectRate::new(config.limits.connect_rate_per_sec, config.limits.connect_burst),
+        peers: Arc::new(PeerLimits::new(&config.limits, false)),
+        history_rate: RateByKey::new(config.limits.history_rate_per_sec, config.limits.history_burst),
         config,
         backend: Arc::new(backend),
         rooms,
@@ -116,7 +119,7 @@ async fn a_panicking_connection_still_leaves_presence_and_the_hub() {
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, http::router(app)).await });
+    tokio::spawn(async move { axum::serve(listener, http::router(app, false)).await });
     let url =
         |user: &str, extra: &str| format!("ws://{addr}/ws/chat/room/?token={}{extra}", tokens::token(user));
 

@@ -1,10 +1,11 @@
-//! The `hablar-server` binary: parses the configuration and calls [`hablar_server::serve`].
+//! The `hablar-server` binary: parses the configuration, binds its listeners and calls
+//! [`hablar_server::serve_with`].
 
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use hablar_server::{serve, Config};
+use hablar_server::{serve_with, Config};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -34,10 +35,20 @@ async fn main() -> ExitCode {
         eprintln!("hablar-server: {err}");
         return ExitCode::FAILURE;
     }
+    let metrics = match config.metrics_bind {
+        Some(metrics_addr) => match TcpListener::bind(metrics_addr).await {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                eprintln!("hablar-server: cannot listen for metrics on {metrics_addr}: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     // Scripts bind port 0 and read the port from this one line.
     println!("hablar-server listening on http://{addr}");
     let _ = std::io::stdout().flush();
-    match serve(listener, config, shutdown_signal()).await {
+    match serve_with(listener, metrics, config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("hablar-server: {err}");

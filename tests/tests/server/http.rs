@@ -1,5 +1,7 @@
 //! The HTTP API: history, health, metrics, and dev mode.
 
+use std::time::Duration;
+
 use hablar_protocol::events::HistoryPage;
 use hablar_tests::client::Client;
 use hablar_tests::{backend_tests, tokens, Backend, TestServer};
@@ -222,4 +224,84 @@ async fn history_answers_cors_only_for_allowed_origins(backend: Backend) {
             .map(|v| v.to_str().unwrap_or(""));
         assert_eq!(header, allowed.then_some(origin), "{origin}");
     }
+}
+
+backend_tests!(
+    history_past_its_budget_answers_429_with_retry_after,
+    metrics_on_a_private_listener_answer_there_and_404_on_the_public_port,
+);
+
+async fn history_past_its_budget_answers_429_with_retry_after(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.history_burst = 3;
+        c.limits.history_rate_per_sec = 2.0;
+    })
+    .await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    let alice = tokens::token("alice");
+    let get = |token: String| {
+        server
+            .http
+            .get(format!("{}/api/chats/room/messages", server.http_url()))
+            .bearer_auth(token)
+            .send()
+    };
+    // A page that is refused (no such chat) costs as much as one that is served.
+    assert_eq!(server.history("nowhere", &alice, "").await.0, 404);
+    for _ in 0..2 {
+        assert_eq!(get(alice.clone()).await.expect("history").status(), 200);
+    }
+    let limited = get(alice.clone()).await.expect("history");
+    assert_eq!(limited.status(), 429);
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("whole seconds");
+    assert_eq!(retry_after, 1, "a token every 0.5 s, rounded up to whole seconds");
+    let body: serde_json::Value = limited.json().await.expect("json");
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(
+        get(tokens::token("bob")).await.expect("history").status(),
+        200,
+        "each user has their own budget"
+    );
+    assert_eq!(server.metric("hablar_history_limited_total").await, 1.0);
+    // A client that waits as long as it was told is served.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    assert_eq!(get(alice).await.expect("history").status(), 200);
+}
+
+async fn metrics_on_a_private_listener_answer_there_and_404_on_the_public_port(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.metrics_bind = Some("127.0.0.1:0".parse().expect("an address"));
+    })
+    .await;
+    let private = server.metrics_addr.expect("a metrics listener");
+    assert_ne!(private, server.addr);
+    server.create_chat("room", &["alice"]).await;
+    let _alice = server.join("room", "alice").await;
+    let public = server
+        .http
+        .get(format!("{}/metrics", server.http_url()))
+        .send()
+        .await
+        .expect("public metrics");
+    assert_eq!(public.status(), 404, "not on the public port");
+    let res = server
+        .http
+        .get(format!("http://{private}/metrics"))
+        .send()
+        .await
+        .expect("private metrics");
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.expect("body").contains("hablar_connections 1\n"));
+    let health = server
+        .http
+        .get(format!("http://{private}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 404, "the private listener serves metrics only");
+    server.shutdown().await.expect("both listeners stop");
 }

@@ -215,3 +215,141 @@ async fn an_idle_connection_is_pinged_and_closed_when_silent(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(silent.expect_close().await, 1001);
 }
+
+backend_tests!(
+    the_connection_past_the_cap_of_one_address_closes_with_4429,
+    the_connection_past_the_instance_cap_closes_with_4429,
+    failed_handshakes_throttle_an_address_before_its_token_is_checked,
+);
+
+/// Connects as `user` until admitted (a slot given back is given back when the closed
+/// connection's task has finished, a moment after its close).
+async fn join_once_a_slot_is_free(server: &TestServer, chat: &str, user: &str) -> Client {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut client = server.connect(chat, &tokens::token(user)).await;
+        match client.next_frame(Duration::from_secs(5)).await {
+            Some(Frame::Json(value)) if value["type"] == "ready" => return client,
+            Some(Frame::Close(4429)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("{user} was not admitted: {other:?}"),
+        }
+    }
+}
+
+async fn the_connection_past_the_cap_of_one_address_closes_with_4429(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.limits.max_connections_per_ip = 2).await;
+    server.create_chat("room", &["alice", "bob", "carol"]).await;
+    let alice = server.join("room", "alice").await;
+    let _bob = server.join("room", "bob").await;
+    // Another user with a valid token: the address is full, whoever it is.
+    let mut carol = server.connect("room", &tokens::token("carol")).await;
+    assert_eq!(carol.expect_close().await, 4429);
+    assert_eq!(
+        server
+            .metric("hablar_handshakes_refused_total{reason=\"connections_per_ip\"}")
+            .await,
+        1.0
+    );
+    alice.close().await;
+    join_once_a_slot_is_free(&server, "room", "carol").await;
+}
+
+async fn the_connection_past_the_instance_cap_closes_with_4429(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.max_connections = 2;
+        c.limits.max_connections_per_ip = 0;
+    })
+    .await;
+    server.create_chat("room", &["alice", "bob", "carol"]).await;
+    let _alice = server.join("room", "alice").await;
+    let bob = server.join("room", "bob").await;
+    let mut carol = server.connect("room", &tokens::token("carol")).await;
+    assert_eq!(carol.expect_close().await, 4429);
+    assert_eq!(
+        server
+            .metric("hablar_handshakes_refused_total{reason=\"connections\"}")
+            .await,
+        1.0
+    );
+    bob.close().await;
+    join_once_a_slot_is_free(&server, "room", "carol").await;
+}
+
+async fn failed_handshakes_throttle_an_address_before_its_token_is_checked(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.failed_handshake_burst = 3;
+        c.limits.failed_handshake_rate_per_sec = 2.0;
+    })
+    .await;
+    server.create_chat("room", &["alice"]).await;
+    // A bad token, a chat that does not exist, a chat of which mallory is no member.
+    for (chat, user, code) in [
+        ("room", None, 4401),
+        ("nowhere", Some("alice"), 4404),
+        ("room", Some("mallory"), 4403),
+    ] {
+        let token = user.map_or_else(|| "not.a.jwt".to_owned(), tokens::token);
+        let mut client = server.connect(chat, &token).await;
+        assert_eq!(client.expect_close().await, code, "{chat} as {user:?}");
+    }
+    // The bucket is empty: a valid token is refused too, so the throttle acts before the
+    // token is checked (and a prober learns nothing more).
+    let mut alice = server.connect("room", &tokens::token("alice")).await;
+    assert_eq!(
+        alice.expect_close().await,
+        4429,
+        "throttled despite a valid token"
+    );
+    let mut probe = server.connect("nowhere", &tokens::token("alice")).await;
+    assert_eq!(probe.expect_close().await, 4429, "no 4404 while throttled");
+    assert_eq!(
+        server
+            .metric("hablar_handshakes_refused_total{reason=\"failed_handshakes\"}")
+            .await,
+        2.0
+    );
+    // One failure's worth refills in 0.5 s; the refused handshakes cost nothing.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    server.join("room", "alice").await;
+}
+
+backend_tests!(forwarded_for_names_the_client_only_behind_a_trusted_proxy);
+
+/// Behind a load balancer every socket comes from the balancer: with it trusted, each
+/// client it forwards has its own cap; without, a client's `X-Forwarded-For` is ignored
+/// (else anyone could pick a fresh address per connection).
+async fn forwarded_for_names_the_client_only_behind_a_trusted_proxy(backend: Backend) {
+    async fn connect_as(server: &TestServer, user: &str, forwarded_for: &str) -> Client {
+        let url = server.ws_url("room", &tokens::token(user), "");
+        Client::connect_with_headers(&url, &[("x-forwarded-for", forwarded_for)])
+            .await
+            .expect("handshake")
+    }
+    for trusted in [true, false] {
+        let server = TestServer::start_with(backend, |c| {
+            c.limits.max_connections_per_ip = 1;
+            if trusted {
+                c.trusted_proxies = vec!["127.0.0.0/8".parse().expect("a range")];
+            }
+        })
+        .await;
+        server.create_chat("room", &["alice", "bob"]).await;
+        let mut alice = connect_as(&server, "alice", "198.51.100.1").await;
+        alice.ready().await;
+        let mut bob = connect_as(&server, "bob", "198.51.100.2").await;
+        if trusted {
+            bob.ready().await;
+            // A client cannot get out of its cap by prepending an address of its choice.
+            let mut again = connect_as(&server, "bob", "203.0.113.9, 198.51.100.2").await;
+            assert_eq!(
+                again.expect_close().await,
+                4429,
+                "the address the proxy vouched for"
+            );
+        } else {
+            assert_eq!(bob.expect_close().await, 4429, "the header is not believed");
+        }
+    }
+}
