@@ -103,7 +103,7 @@ async fn a_message_nested_deeper_is_refused_and_not_stored(backend: Backend) {
         })
         .last()
         .expect("some depth parses");
-    for levels in [17, deepest] {
+    for levels in [deepest, 17] {
         let client_id = format!("deep-{levels}");
         alice
             .send_json(&with_fields(&client_id, json!({ "deep": nested(levels) })))
