@@ -21,6 +21,14 @@ pub enum Error {
         /// What is wrong with it.
         detail: String,
     },
+    /// A message larger, as stored, than the server accepts.
+    #[error("message is {bytes} bytes as stored; at most {max} are accepted")]
+    TooLarge {
+        /// Its size, in bytes of JSON.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A chat id that is empty, too long or has characters outside `[A-Za-z0-9_-]`.
     #[error("chat id must be 1-128 characters of [A-Za-z0-9_-]")]
     InvalidChatId,
@@ -44,6 +52,7 @@ impl Error {
         match self {
             Self::BadJson(_) => ErrorCode::BadJson,
             Self::UnknownType(_) => ErrorCode::UnknownType,
+            Self::TooLarge { .. } => ErrorCode::TooLarge,
             _ => ErrorCode::InvalidMessage,
         }
     }
@@ -63,7 +72,7 @@ pub enum ErrorCode {
     InvalidMessage,
     /// The sender exceeded the rate limit; the event was dropped.
     RateLimited,
-    /// The frame was larger than the server accepts.
+    /// The frame or the message was larger than the server accepts.
     TooLarge,
     /// Extension: the message store is unreachable; the message was *not* stored and
     /// should be sent again later with the same `client_id`.
@@ -153,5 +162,10 @@ mod tests {
             detail: "no content".into(),
         };
         assert_eq!(invalid.code(), ErrorCode::InvalidMessage);
+        let large = Error::TooLarge {
+            bytes: 30_000,
+            max: 20_480,
+        };
+        assert_eq!(large.code(), ErrorCode::TooLarge);
     }
 }

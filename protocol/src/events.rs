@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::ids::{ChatId, ClientId, Epoch, MessageId, Seq, UserId};
+use crate::passthrough;
 
 /// Fields of a message that neither side interprets (`reply_to`, `attachments`, …),
 /// passed on as they are. A `BTreeMap` underneath, so their order on the wire is stable.
@@ -52,8 +53,8 @@ pub struct ClientMessage {
     /// The idempotency key: a resend with the same key is stored once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<ClientId>,
-    /// Every other field, passed on as it is (server-owned ones are dropped by
-    /// [`ClientMessage::into_parts`]).
+    /// Every other field, passed on as it is (server-owned and identity fields are
+    /// dropped by [`ClientMessage::into_parts`]).
     #[serde(flatten)]
     pub extra: Extra,
 }
@@ -65,24 +66,63 @@ pub struct MessageParts {
     pub content: String,
     /// The idempotency key: `client_id`, or a base-layer client's own `id`.
     pub client_id: Option<ClientId>,
-    /// The pass-through fields, without any server-owned field.
+    /// The pass-through fields, without any server-owned or identity field.
     pub extra: Extra,
 }
 
+/// The limits [`ClientMessage::into_parts`] checks a message against. A server makes
+/// them configurable; the defaults are the protocol's ([`crate::limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageLimits {
+    /// Longest `content`, in Unicode scalar values after trimming.
+    pub max_content_chars: usize,
+    /// Largest message as stored, in bytes of JSON ([`passthrough::stored_bytes`]).
+    pub max_message_bytes: usize,
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        Self {
+            max_content_chars: crate::limits::MAX_CONTENT_CHARS,
+            max_message_bytes: crate::limits::MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
 impl ClientMessage {
-    /// Checks the content (1..=`max_chars` Unicode scalar values after trimming) and
-    /// returns what the server stores: trimmed content, the idempotency key, and the
-    /// extra fields without the server-owned ones, so a client cannot spoof a sender.
-    pub fn into_parts(mut self, max_chars: usize) -> Result<MessageParts> {
+    /// Checks the message and returns what the server stores: the trimmed content
+    /// (1..=`max_content_chars` Unicode scalar values), the idempotency key, and the
+    /// pass-through fields without the server-owned ones and without any field whose
+    /// name claims an identity, at any depth ([`passthrough::is_identity_field`]), so
+    /// that a client cannot spoof a sender under any name.
+    ///
+    /// Refused: empty or too long content, and pass-through values nested deeper than
+    /// [`crate::limits::MAX_FIELD_DEPTH`] ([`Error::InvalidEvent`], `invalid_message`); a
+    /// message larger than `max_message_bytes` as stored ([`Error::TooLarge`],
+    /// `too_large`).
+    pub fn into_parts(mut self, limits: MessageLimits) -> Result<MessageParts> {
         let trimmed = self.content.trim();
         let chars = trimmed.chars().count();
         if chars == 0 {
             return Err(invalid("new_message", "content is empty"));
         }
+        let max_chars = limits.max_content_chars;
         if chars > max_chars {
             return Err(invalid(
                 "new_message",
                 format!("content is longer than {max_chars} characters"),
+            ));
+        }
+        // First, so that the walks below are bounded by the limit, not by the client.
+        let depth = crate::limits::MAX_FIELD_DEPTH;
+        if let Some((name, _)) = self
+            .extra
+            .iter()
+            .find(|(_, value)| passthrough::deeper_than(value, depth))
+        {
+            return Err(invalid(
+                "new_message",
+                format!("field `{}` nests deeper than {depth} levels", truncated(name)),
             ));
         }
         let content = trimmed.to_owned();
@@ -96,12 +136,25 @@ impl ClientMessage {
         for field in SERVER_OWNED_FIELDS {
             self.extra.remove(field);
         }
+        passthrough::drop_identity_fields(&mut self.extra);
+        let bytes = passthrough::stored_bytes(&content, client_id.as_ref(), &self.extra);
+        if bytes > limits.max_message_bytes {
+            return Err(Error::TooLarge {
+                bytes,
+                max: limits.max_message_bytes,
+            });
+        }
         Ok(MessageParts {
             content,
             client_id,
             extra: self.extra,
         })
     }
+}
+
+/// A client's field name for an error text: short, whatever the client sent.
+fn truncated(name: &str) -> String {
+    name.chars().take(64).collect()
 }
 
 /// The sender of a message, as stamped by the server from the token's user.

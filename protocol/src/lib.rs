@@ -7,6 +7,10 @@
 //! - [`close`]: the WebSocket close codes and what a client should do on each.
 //! - [`error`]: the `error` event's codes, and this crate's [`Error`].
 //! - [`limits`]: the protocol's default limits.
+//! - [`names`]: display names cleaned of control, bidi and invisible characters, cut
+//!   to a length.
+//! - [`passthrough`] (feature `json`): the rules for a message's pass-through fields:
+//!   nesting depth, identity-looking names dropped, the stored size.
 //! - [`handshake`]: the handshake's query string and the endpoint paths.
 //! - [`events`] (feature `json`): client→server and server→client events, the message
 //!   object with server-owned and pass-through fields, and [`events::parse_client`] /
@@ -21,6 +25,9 @@ pub mod events;
 pub mod handshake;
 pub mod ids;
 pub mod limits;
+pub mod names;
+#[cfg(feature = "json")]
+pub mod passthrough;
 
 pub use close::CloseCode;
 pub use error::{Error, ErrorCode, Result};

@@ -4,7 +4,7 @@
 
 use hablar_protocol::events::{
     encode, parse_client, parse_server, ClientEvent, ClientMessage, ErrorEvent, Extra, HistoryPage, Message,
-    PresenceUser, Ready, Sender, ServerEvent,
+    MessageLimits, PresenceUser, Ready, Sender, ServerEvent,
 };
 use hablar_protocol::{ChatId, ClientId, Epoch, Error, ErrorCode, MessageId, Seq, UserId};
 use serde_json::{json, Value};
@@ -404,7 +404,7 @@ fn into_parts_trims_and_drops_server_owned_fields() {
         "created_at": "1999-01-01T00:00:00Z", "chat_id": "other"
     }))
     .expect("parses");
-    let parts = message.into_parts(4000).expect("valid");
+    let parts = message.into_parts(MessageLimits::default()).expect("valid");
     assert_eq!(parts.content, "hi there");
     assert_eq!(parts.client_id, Some(ClientId::new("c-1").expect("valid")));
     assert_eq!(parts.extra, extra(json!({"reply_to": "m-1"})));
@@ -414,7 +414,7 @@ fn into_parts_trims_and_drops_server_owned_fields() {
 fn a_base_layer_clients_own_id_becomes_its_client_id() {
     let message: ClientMessage =
         serde_json::from_value(json!({"content": "hi", "id": "tmp-5"})).expect("parses");
-    let parts = message.into_parts(4000).expect("valid");
+    let parts = message.into_parts(MessageLimits::default()).expect("valid");
     assert_eq!(parts.client_id, Some(ClientId::new("tmp-5").expect("valid")));
     assert!(parts.extra.is_empty(), "the spoofable id is not passed on");
 }
@@ -426,17 +426,148 @@ fn content_length_counts_unicode_scalars_after_trimming() {
         client_id: None,
         extra: Extra::new(),
     };
-    assert!(at_limit.into_parts(4000).is_ok());
+    assert!(at_limit.into_parts(MessageLimits::default()).is_ok());
     let over = ClientMessage {
         content: "é".repeat(4001),
         client_id: None,
         extra: Extra::new(),
     };
-    assert!(matches!(over.into_parts(4000), Err(Error::InvalidEvent { .. })));
+    assert!(matches!(
+        over.into_parts(MessageLimits::default()),
+        Err(Error::InvalidEvent { .. })
+    ));
     let blank = ClientMessage {
         content: " \n\t ".into(),
         client_id: None,
         extra: Extra::new(),
     };
-    assert!(matches!(blank.into_parts(4000), Err(Error::InvalidEvent { .. })));
+    assert!(matches!(
+        blank.into_parts(MessageLimits::default()),
+        Err(Error::InvalidEvent { .. })
+    ));
+}
+
+/// A value whose arrays and objects nest `levels` deep.
+fn nested(levels: usize) -> Value {
+    (0..levels).fold(json!("leaf"), |inner, i| {
+        if i % 2 == 0 {
+            json!([inner])
+        } else {
+            json!({ "k": inner })
+        }
+    })
+}
+
+#[test]
+fn identity_looking_fields_are_dropped_at_every_depth_and_the_rest_passes_on() {
+    let frame = json!({"type": "new_message", "message": {
+        "content": "hi", "client_id": "c-1",
+        "sender_id": "bob", "user_id": "bob", "userId": "bob", "author": {"id": "bob", "username": "Bob"},
+        "authorName": "Bob", "from": "bob", "sent_by": "bob", "displayName": "Bob",
+        "meta": {"sender": {"id": "bob"}, "note": "x"},
+        "reply_to": "m-1", "file_name": "a.txt", "format": "md",
+        "attachments": [{"by": "bob", "url": "https://a.example/f"}],
+    }});
+    let Ok(ClientEvent::NewMessage { message }) = parse_client(&frame.to_string()) else {
+        panic!("a new_message")
+    };
+    let parts = message.into_parts(MessageLimits::default()).expect("valid");
+    assert_eq!(
+        parts.extra,
+        extra(json!({
+            "meta": {"note": "x"}, "reply_to": "m-1", "file_name": "a.txt", "format": "md",
+            "attachments": [{"url": "https://a.example/f"}],
+        }))
+    );
+}
+
+#[test]
+fn pass_through_values_nest_at_most_16_levels_and_deeper_is_invalid_message() {
+    let message = |levels: usize| ClientMessage {
+        content: "hi".into(),
+        client_id: None,
+        extra: extra(json!({ "deep": nested(levels) })),
+    };
+    let parts = message(16)
+        .into_parts(MessageLimits::default())
+        .expect("16 levels pass");
+    assert_eq!(parts.extra["deep"], nested(16));
+    for levels in [17, 120] {
+        let err = message(levels)
+            .into_parts(MessageLimits::default())
+            .expect_err("too deep");
+        assert_eq!(err.code(), ErrorCode::InvalidMessage);
+        assert!(
+            err.to_string().contains("`deep` nests deeper than 16 levels"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn whatever_into_parts_accepts_parses_again_inside_every_frame_that_carries_it() {
+    // The deepest accepted message, inside a server frame and inside a frame nested a few
+    // levels deeper still (as a broker's envelope nests it), reads back.
+    let parts = ClientMessage {
+        content: "hi".into(),
+        client_id: None,
+        extra: extra(json!({ "deep": nested(16) })),
+    }
+    .into_parts(MessageLimits::default())
+    .expect("accepted");
+    let message = Message {
+        extra: parts.extra,
+        ..alice_message()
+    };
+    let frame = encode(&ServerEvent::NewMessage { message });
+    assert!(parse_server(&frame).is_ok());
+    let enveloped = format!(r#"{{"a":{{"b":{{"c":{{"d":{frame}}}}}}}}}"#);
+    assert!(serde_json::from_str::<Value>(&enveloped).is_ok());
+}
+
+#[test]
+fn the_whole_message_as_stored_is_limited_and_over_is_too_large() {
+    // 4,000 four-byte characters and the longest client_id fit the default limit.
+    let longest = ClientMessage {
+        content: "😀".repeat(4000),
+        client_id: Some(ClientId::new("c".repeat(64)).expect("valid")),
+        extra: extra(json!({"reply_to": "m-1", "attachments": [{"url": "x".repeat(2000)}]})),
+    };
+    assert!(longest.into_parts(MessageLimits::default()).is_ok());
+    let padded = ClientMessage {
+        content: "hi".into(),
+        client_id: Some(ClientId::new("c-9").expect("valid")),
+        extra: extra(json!({"pad": "x".repeat(21 * 1024)})),
+    };
+    let err = padded
+        .into_parts(MessageLimits::default())
+        .expect_err("over 20 KiB");
+    assert_eq!(err.code(), ErrorCode::TooLarge);
+    assert!(matches!(err, Error::TooLarge { max: 20_480, .. }), "{err:?}");
+    // Dropped fields do not count: what is measured is what is stored.
+    let spoofing = ClientMessage {
+        content: "hi".into(),
+        client_id: None,
+        extra: extra(json!({"sender_id": "x".repeat(30_000)})),
+    };
+    assert!(spoofing.into_parts(MessageLimits::default()).is_ok());
+    let tight = MessageLimits {
+        max_message_bytes: 19,
+        ..MessageLimits::default()
+    };
+    let short = ClientMessage {
+        content: "hello".into(),
+        client_id: None,
+        extra: Extra::new(),
+    };
+    // {"content":"hello"} is 19 bytes.
+    assert!(short.clone().into_parts(tight).is_ok());
+    let longer = ClientMessage {
+        content: "hello!".into(),
+        ..short
+    };
+    assert_eq!(
+        longer.into_parts(tight),
+        Err(Error::TooLarge { bytes: 20, max: 19 })
+    );
 }

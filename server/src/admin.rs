@@ -1,4 +1,5 @@
-//! The admin HTTP API (`Authorization: Bearer {admin_key}`): chats, members, profiles.
+//! The admin HTTP API (`Authorization: Bearer {admin_key}`): chats, members, profiles
+//! (display names stored cleaned, see [`hablar_protocol::names`]).
 //! Removing a member closes their sockets in the chat with 4403 through the backend's
 //! control event, so it works across instances.
 
@@ -10,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::put;
 use axum::{Json, Router};
-use hablar_protocol::{ChatId, UserId};
+use hablar_protocol::{names, ChatId, UserId};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -110,11 +111,12 @@ async fn put_user(
     let profile: Profile = serde_json::from_slice(&body)
         .map_err(|_| Error::BadRequest("expected {\"display_name\": \"…\"}".into()))?;
     let user = user_id(user)?;
-    let name = profile.display_name.trim();
-    if name.is_empty() || name.chars().count() > 128 {
-        return Err(Error::BadRequest("display_name must be 1-128 characters".into()));
-    }
-    app.backend.set_display_name(&user, name).await?;
+    // Stored as it will be shown (control and bidi characters removed, cut to 64
+    // characters), so that every reader of the store gets the clean name; refused only
+    // when nothing is left of it.
+    let name = names::clean(&profile.display_name)
+        .ok_or_else(|| Error::BadRequest("display_name has no visible characters".into()))?;
+    app.backend.set_display_name(&user, &name).await?;
     tracing::info!(%user, "admin: profile put");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,7 +7,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use hablar_protocol::UserId;
+use hablar_protocol::{names, UserId};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::Value;
@@ -59,13 +59,13 @@ pub struct Claims {
 
 impl Claims {
     /// The name to show when the store has no profile: `display_name`, `username`, then
-    /// the user id.
+    /// the user id, the first that is not empty once cleaned ([`names::clean`]: no
+    /// control or bidi characters, at most 64 characters).
     pub fn fallback_name(&self) -> String {
-        self.display_name
-            .clone()
-            .filter(|n| !n.trim().is_empty())
-            .or_else(|| self.username.clone().filter(|n| !n.trim().is_empty()))
-            .unwrap_or_else(|| self.user_id.to_string())
+        [&self.display_name, &self.username]
+            .into_iter()
+            .find_map(|claim| claim.as_deref().and_then(names::clean))
+            .unwrap_or_else(|| names::fallback(&self.user_id))
     }
 }
 
@@ -333,6 +333,25 @@ mod tests {
         c.display_name = None;
         assert_eq!(c.fallback_name(), "ada");
         c.username = None;
+        assert_eq!(c.fallback_name(), "7");
+    }
+
+    #[test]
+    fn fallback_name_is_cleaned_and_cut_and_skips_claims_left_empty() {
+        let mut c = Claims {
+            user_id: UserId::new("7").expect("id"),
+            exp: 0,
+            display_name: Some(format!("\u{202E}evil\u{0007}{}", "x".repeat(500))),
+            username: Some("ada".into()),
+        };
+        assert_eq!(c.fallback_name(), format!("evil{}", "x".repeat(60)));
+        c.display_name = Some("\u{200B}\u{202E} \n".into());
+        assert_eq!(
+            c.fallback_name(),
+            "ada",
+            "an unusable display_name falls to username"
+        );
+        c.username = Some("\u{2066}".into());
         assert_eq!(c.fallback_name(), "7");
     }
 

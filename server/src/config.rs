@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use hablar_protocol::events::MessageLimits;
 use hablar_protocol::limits;
 use ipnet::IpNet;
 
@@ -119,6 +120,11 @@ pub struct Limits {
     /// Longest message content in characters, after trimming.
     #[arg(long, env = "HABLAR_MAX_CONTENT_CHARS", default_value_t = limits::MAX_CONTENT_CHARS)]
     pub max_content_chars: usize,
+    /// Largest message as stored, in bytes of JSON (its content, client_id and
+    /// pass-through fields); larger is answered `too_large`. The default's reasoning is
+    /// at `hablar_protocol::limits::MAX_MESSAGE_BYTES`.
+    #[arg(long, env = "HABLAR_MAX_MESSAGE_BYTES", default_value_t = limits::MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
     /// Events per second a connection may send on average.
     #[arg(long, env = "HABLAR_RATE_PER_SEC", default_value_t = 10.0)]
     pub rate_per_sec: f64,
@@ -229,6 +235,7 @@ impl Config {
         }
         let l = &self.limits;
         if l.max_frame_bytes < 1024
+            || l.max_message_bytes < 1024
             || l.outbound_queue == 0
             || l.rate_burst == 0
             || l.rate_per_sec <= 0.0
@@ -239,7 +246,7 @@ impl Config {
             || l.history_rate_per_sec <= 0.0
         {
             return Err(Error::Config(
-                "limits: max frame ≥ 1024 bytes, queue, burst and rate must be positive".into(),
+                "limits: max frame and message ≥ 1024 bytes, queue, burst and rate must be positive".into(),
             ));
         }
         if l.idle_timeout_ms <= l.ping_interval_ms {
@@ -260,6 +267,14 @@ fn parse_proxy(text: &str) -> std::result::Result<IpNet, String> {
 }
 
 impl Limits {
+    /// What a client's message is checked against.
+    pub fn message_limits(&self) -> MessageLimits {
+        MessageLimits {
+            max_content_chars: self.max_content_chars,
+            max_message_bytes: self.max_message_bytes,
+        }
+    }
+
     /// The server ping interval.
     pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms)
@@ -287,6 +302,8 @@ mod tests {
         assert_eq!(config.backend, BackendKind::Memory);
         assert_eq!(config.limits.max_frame_bytes, 64 * 1024);
         assert_eq!(config.limits.max_content_chars, 4000);
+        assert_eq!(config.limits.max_message_bytes, 20 * 1024);
+        assert_eq!(config.limits.message_limits(), MessageLimits::default());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use futures_util::{SinkExt, StreamExt};
 use hablar_protocol::events::{
     encode, parse_client, ClientEvent, ErrorEvent, PresenceUser, Ready, ServerEvent,
 };
-use hablar_protocol::{ChatId, ClientId, CloseCode, Epoch, ErrorCode, Seq};
+use hablar_protocol::{names, ChatId, ClientId, CloseCode, Epoch, ErrorCode, Seq};
 use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 
@@ -352,6 +352,9 @@ async fn admit(app: &AppState, chat: &str, token: Option<&str>) -> Result<Admitt
         .display_name(&claims.user_id)
         .await
         .map_err(server_error)?
+        // A backend may write profiles straight into the store: cleaned as read.
+        .as_deref()
+        .and_then(names::clean)
     {
         Some(name) => name,
         None => claims.fallback_name(),
@@ -699,10 +702,11 @@ fn handle_text(
         }
         ClientEvent::NewMessage { message } => {
             let client_id = message.client_id.clone();
-            let parts = match message.into_parts(app.config.limits.max_content_chars) {
+            let parts = match message.into_parts(app.config.limits.message_limits()) {
                 Ok(parts) => parts,
                 Err(err) => {
-                    reply_error(tx, ErrorCode::InvalidMessage, err.to_string(), client_id);
+                    // `invalid_message`, or `too_large` for a message over the size limit.
+                    reply_error(tx, err.code(), err.to_string(), client_id);
                     return None;
                 }
             };

@@ -20,7 +20,9 @@ backend_tests!(
 );
 
 async fn an_oversize_frame_closes_with_1009_while_others_keep_chatting(backend: Backend) {
-    let server = TestServer::start(backend).await;
+    // The message size limit out of the way: this is about the frame limit.
+    let server =
+        TestServer::start_with(backend, |c| c.limits.max_message_bytes = c.limits.max_frame_bytes).await;
     server.create_chat("room", &["alice", "bob", "carol"]).await;
     let mut alice = server.join("room", "alice").await;
     let mut bob = server.join("room", "bob").await;
@@ -85,6 +87,7 @@ async fn a_client_that_does_not_read_is_closed_with_4408(backend: Backend) {
     let server = TestServer::start_with(backend, |c| {
         no_rate_limit(c);
         c.limits.outbound_queue = 8;
+        c.limits.max_message_bytes = c.limits.max_frame_bytes;
     })
     .await;
     server.create_chat("room", &["alice", "sloth"]).await;

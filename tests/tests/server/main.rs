@@ -8,3 +8,5 @@ mod http;
 mod lifecycle;
 mod limits;
 mod membership;
+mod names;
+mod passthrough;
