@@ -2,9 +2,9 @@
 //! the fan-out through one Redis.
 //!
 //! - Writes of a chat are Lua scripts over that chat's keys only (one hash tag, one
-//!   Cluster slot): `append` checks idempotency, takes the next seq, adds to the capped
-//!   stream, stores the idempotency key and PUBLISHes, in one atomic step, so every
-//!   instance sees one `seq` order.
+//!   Cluster slot): `append` checks membership and idempotency, takes the next seq, adds
+//!   to the capped stream, stores the idempotency key and PUBLISHes, in one atomic step,
+//!   so every instance sees one `seq` order and a removed member can store nothing.
 //! - Each instance SUBSCRIBEs only to the chats it has local connections in, on one
 //!   pub/sub connection owned by a supervisor task that reconnects and resubscribes.
 //! - The pub/sub gap: the supervisor remembers, per subscribed chat, the epoch and the last
@@ -13,6 +13,11 @@
 //!   reconnecting. Where the stream cannot fill the gap (trimmed, other epoch, Redis down
 //!   again), the chat's local connections are closed with 1012 ([`ChatEvent::Resync`]) and
 //!   clients resume with `since`, which answers `recovered: false` if it must.
+//! - Removals: the admin API's removal is published ([`ChatEvent::MemberRemoved`]), and
+//!   for what pub/sub cannot bring (an event missed while the link was down, a direct
+//!   `SREM` by the app) every instance checks the membership of its local (chat, user)
+//!   pairs after each pub/sub (re)connect and every `--redis-membership-check-ms`, in one
+//!   pipelined round trip, and closes non-members with 4403.
 //! - Presence is a sorted set per chat of `{instance}:{user}` scored by lease expiry,
 //!   renewed by a heartbeat; a crashed instance's users expire, and the instance whose
 //!   heartbeat removes them announces `presence_leave`.
@@ -82,6 +87,16 @@ pub struct RedisOptions {
     #[arg(long = "redis-idempotency-ttl-secs", env = "HABLAR_REDIS_IDEMPOTENCY_TTL_SECS",
           default_value_t = hablar_protocol::limits::IDEMPOTENCY_RETENTION_SECS)]
     pub idempotency_ttl_secs: u64,
+    /// How often this instance checks, in one round trip, that the users of its sockets
+    /// are still members of their chats, and closes those who are not with 4403, ms. It
+    /// bounds how long a removal the pub/sub event did not bring (a direct `SREM`, or an
+    /// event missed while the pub/sub link was down) leaves a socket open.
+    #[arg(
+        long = "redis-membership-check-ms",
+        env = "HABLAR_REDIS_MEMBERSHIP_CHECK_MS",
+        default_value_t = 2_000
+    )]
+    pub membership_check_ms: u64,
     /// Most messages the pub/sub catch-up reads from the stream for one chat; a larger
     /// gap closes the chat's local connections with 1012 instead.
     #[arg(
@@ -101,6 +116,7 @@ impl Default for RedisOptions {
             health_interval_ms: 5_000,
             presence_ttl_ms: 30_000,
             idempotency_ttl_secs: hablar_protocol::limits::IDEMPOTENCY_RETENTION_SECS,
+            membership_check_ms: 2_000,
             max_catch_up: 1_000,
         }
     }
@@ -439,6 +455,7 @@ impl RedisBackend {
         let tasks = vec![
             tokio::spawn(supervise(inner.clone(), Some(up_tx))),
             tokio::spawn(heartbeat(inner.clone())),
+            tokio::spawn(membership_checks(inner.clone())),
         ];
         // Start with pub/sub up, so the first connections need not fail.
         let _ = tokio::time::timeout(timeout, up_rx).await;
@@ -608,9 +625,16 @@ impl Backend for RedisBackend {
                 .client_id
                 .as_ref()
                 .map(|client_id| k.idempotency(chat, &message.sender.user_id, client_id));
+            let sender = message.sender.user_id.as_str().to_owned();
             let draft = draft(chat, message, created_at.clone());
             let template = serde_json::to_string(&draft).expect("a message serialises");
-            let mut keys = vec![k.meta(chat), k.epoch(chat), k.seq(chat), k.messages(chat)];
+            let mut keys = vec![
+                k.meta(chat),
+                k.epoch(chat),
+                k.seq(chat),
+                k.messages(chat),
+                k.members(chat),
+            ];
             keys.extend(idempotency);
             let args = vec![
                 new_epoch(),
@@ -623,6 +647,7 @@ impl Backend for RedisBackend {
                 ID_NEEDLE.to_owned(),
                 SEQ_NEEDLE.to_owned(),
                 created_at.clone(),
+                sender,
             ];
             drafts.push(draft);
             calls.push((keys, args));
@@ -684,6 +709,7 @@ impl Backend for RedisBackend {
                     duplicate: true,
                 }),
                 [missing] if missing == "missing" => Err(Error::NotFound),
+                [forbidden] if forbidden == "forbidden" => Err(Error::NotMember),
                 _ => Err(backend_error("unexpected reply from the append script")),
             })
             .collect()
@@ -927,6 +953,9 @@ async fn supervise(inner: Arc<Inner>, mut up: Option<tokio::sync::oneshot::Sende
             let _ = up.send(());
         }
         tracing::info!(chats = chats.len(), "redis pub/sub connected");
+        // A removal published while the link was down never comes: close removed members
+        // before the catch-up hands the chats' missed messages to their sockets.
+        check_members(&inner).await;
         for chat in &chats {
             catch_up(&inner, chat).await;
         }
@@ -1118,6 +1147,69 @@ async fn catch_up(inner: &Inner, chat: &ChatId) {
     }
 }
 
+/// Checks the membership of this instance's sockets every `--redis-membership-check-ms`.
+async fn membership_checks(inner: Arc<Inner>) {
+    let every = Duration::from_millis(inner.opts.membership_check_ms.max(10));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        check_members(&inner).await;
+    }
+}
+
+/// Closes, with 4403, the local sockets of users who are no longer members of their chat,
+/// however they were removed: one pipelined round trip, `SMISMEMBER` per chat.
+///
+/// A chat whose `meta` key is missing is skipped: that is Redis having lost its data (or
+/// the chat being deleted), not a removal, and a 4403 would stop the SDK for good, while
+/// the app re-provisions the chat (see the README's *Faults*).
+async fn check_members(inner: &Inner) {
+    let local = inner.sink.local_members();
+    if local.is_empty() {
+        return;
+    }
+    let mut pipe = redis::pipe();
+    for (chat, users) in &local {
+        pipe.exists(inner.keys.meta(chat));
+        pipe.cmd("SMISMEMBER")
+            .arg(inner.keys.members(chat))
+            .arg(users.iter().map(UserId::as_str).collect::<Vec<_>>());
+    }
+    let mut conn = inner.conn.clone();
+    let replies: Vec<redis::Value> = match inner.run(pipe.query_async(&mut conn)).await {
+        Ok(replies) => replies,
+        Err(err) => {
+            // The next check tries again; meanwhile the append refuses non-members.
+            tracing::debug!(error = %err, "membership check failed");
+            return;
+        }
+    };
+    let mut replies = replies.into_iter();
+    for (chat, users) in &local {
+        let (Some(exists), Some(flags)) = (replies.next(), replies.next()) else {
+            return;
+        };
+        let exists: bool = redis::from_redis_value(exists).unwrap_or(false);
+        let Ok(flags) = redis::from_redis_value::<Vec<bool>>(flags) else {
+            tracing::warn!(%chat, "unexpected reply to SMISMEMBER (Redis 6.2 or newer is needed)");
+            continue;
+        };
+        if !exists {
+            continue;
+        }
+        for (user, member) in users.iter().zip(flags) {
+            if !member {
+                tracing::info!(%chat, %user, "not a member any more; closing their sockets");
+                let event = ChatEvent::MemberRemoved {
+                    user_id: user.clone(),
+                };
+                inner.sink.deliver(chat, &event);
+            }
+        }
+    }
+}
+
 /// Renews this instance's presence leases and announces users whose leases expired.
 async fn heartbeat(inner: Arc<Inner>) {
     let ttl = inner.opts.presence_ttl_ms.max(3);
@@ -1238,6 +1330,22 @@ mod tests {
             &ClientId::new("b:c").expect("client id"),
         );
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_membership_check_flag_has_a_default() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            redis: RedisOptions,
+        }
+        let defaults = Flags::try_parse_from(["hablar-server"]).expect("parses").redis;
+        assert_eq!(defaults.membership_check_ms, 2_000);
+        let set = Flags::try_parse_from(["hablar-server", "--redis-membership-check-ms", "500"])
+            .expect("parses")
+            .redis;
+        assert_eq!(set.membership_check_ms, 500);
     }
 
     /// What the `append` script does to the template, in Rust.
@@ -1394,6 +1502,50 @@ mod tests {
         let bob = user("bob");
         let joined = backend.presence_join(&chat, &bob).await.expect("join");
         assert_eq!(joined.online, vec![bob]);
+    }
+
+    fn message(sender: &PresenceUser, content: &str, client_id: &str) -> NewMessage {
+        NewMessage {
+            sender: sender.clone(),
+            content: content.into(),
+            client_id: Some(ClientId::new(client_id).expect("client id")),
+            extra: Default::default(),
+        }
+    }
+
+    /// The append re-checks membership with the store: a member removed by a direct
+    /// `SREM` (no event published) can store nothing, whatever the batch holds.
+    #[tokio::test]
+    async fn a_removed_members_append_is_refused_with_nothing_stored() {
+        use redis::AsyncCommands;
+        let redis = TestRedis::start().await;
+        let backend = backend_without_heartbeat(&redis).await;
+        let chat = ChatId::new("c").expect("chat");
+        let alice = user("alice");
+        backend.create_chat(&chat).await.expect("create");
+        backend.add_member(&chat, &alice.user_id).await.expect("add");
+        backend
+            .append(&chat, message(&alice, "before", "c1"))
+            .await
+            .expect("a member's send is stored");
+        let mut conn = backend.inner.conn.clone();
+        let _: () = conn
+            .srem(backend.inner.keys.members(&chat), "alice")
+            .await
+            .expect("srem");
+        let outcomes = backend
+            .append_batch(
+                &chat,
+                vec![message(&alice, "after", "c1"), message(&alice, "after", "c2")],
+            )
+            .await;
+        assert!(
+            outcomes.iter().all(|o| matches!(o, Err(Error::NotMember))),
+            "{outcomes:?}"
+        );
+        let page = backend.history(&chat, None, 10).await.expect("history");
+        let stored: Vec<&str> = page.messages.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(stored, ["before"]);
     }
 
     /// What the beat is for still holds: it renews the leases of users still connected,

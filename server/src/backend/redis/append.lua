@@ -1,21 +1,27 @@
--- Appends one message to a chat in one atomic step: idempotency check, next seq, the
--- capped stream, the idempotency key and the PUBLISH to the chat's channel. Every key is
--- one chat's (one hash tag, one Cluster slot); the channel is not a key.
+-- Appends one message to a chat in one atomic step: membership check, idempotency check,
+-- next seq, the capped stream, the idempotency key and the PUBLISH to the chat's channel.
+-- Every key is one chat's (one hash tag, one Cluster slot); the channel is not a key.
 --
 -- KEYS[1] meta (hash; the chat exists iff it exists)   KEYS[2] epoch (string)
 -- KEYS[3] seq (string counter)   KEYS[4] messages (stream, entry id = "{seq}-0")
--- KEYS[5] idempotency key (string "{epoch} {seq} {created_at}", optional)
+-- KEYS[5] members (set)
+-- KEYS[6] idempotency key (string "{epoch} {seq} {created_at}", optional)
 -- ARGV[1] a fresh epoch, used if the chat has none     ARGV[2] the message JSON template
 -- ARGV[3] stream MAXLEN    ARGV[4] idempotency TTL (s)   ARGV[5] channel
 -- ARGV[6] event prefix     ARGV[7] event suffix           ARGV[8] id needle   ARGV[9] seq needle
--- ARGV[10] the template's created_at
--- Returns {"missing"} | {"duplicate", stored JSON} | {"stored", JSON}
+-- ARGV[10] the template's created_at   ARGV[11] the sender's user id
+-- Returns {"missing"} | {"forbidden"} | {"duplicate", stored JSON} | {"stored", JSON}
 --       | {"trimmed", epoch, seq, created_at}: a duplicate whose message left the stream.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'missing'}
 end
-if KEYS[5] then
-  local stored = redis.call('GET', KEYS[5])
+-- Checked here, with the append, so that a member removed by any means (the admin API,
+-- or a direct SREM by the app) cannot store or publish anything once the SREM is done.
+if redis.call('SISMEMBER', KEYS[5], ARGV[11]) == 0 then
+  return {'forbidden'}
+end
+if KEYS[6] then
+  local stored = redis.call('GET', KEYS[6])
   if stored and string.sub(stored, 1, 1) == '{' then
     -- Written before keys held only the seq; they expire within the TTL.
     return {'duplicate', stored}
@@ -59,8 +65,8 @@ end
 local message = splice(ARGV[2], ARGV[8], '"id":"' .. epoch .. '-' .. seq_text .. '"')
 message = splice(message, ARGV[9], '"seq":' .. seq_text)
 redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[3], seq_text .. '-0', 'm', message)
-if KEYS[5] then
-  redis.call('SET', KEYS[5], epoch .. ' ' .. seq_text .. ' ' .. ARGV[10], 'EX', ARGV[4])
+if KEYS[6] then
+  redis.call('SET', KEYS[6], epoch .. ' ' .. seq_text .. ' ' .. ARGV[10], 'EX', ARGV[4])
 end
 redis.call('PUBLISH', ARGV[5], ARGV[6] .. message .. ARGV[7])
 return {'stored', message}
