@@ -112,7 +112,9 @@ pub struct PresenceJoined {
 ///   [`crate::Error::NotMember`] and nothing is stored or published), idempotency check,
 ///   `seq` = previous + 1, store, and publish of `new_message` to the chat, so that every
 ///   subscriber sees messages in `seq` order.
-/// - Idempotency keys are scoped to (chat, sender, client_id) and kept 24 h.
+/// - Idempotency keys are scoped to (chat, sender, client_id) and kept while their
+///   message is in the retained history (the embedded backend also forgets them after
+///   24 h).
 /// - A removed member's local sockets are closed ([`ChatEvent::MemberRemoved`] to the
 ///   sink) on every instance, also when the removal was not made through
 ///   [`Backend::remove_member`] or its event was missed, within a bounded time.
