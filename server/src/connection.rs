@@ -761,6 +761,19 @@ fn handle_outcome(app: &AppState, admitted: &Admitted, tx: &Outbox, outcome: Out
             app.metrics.messages_stored.fetch_add(1, Relaxed);
         }
         Outcome::Appended {
+            result: Err(crate::Error::NotMember),
+            ..
+        } => {
+            // Removed, however and wherever: the backend refused the message with the
+            // append, and the user's sockets in the chat close with 4403 through the hub,
+            // as for a removal it heard of.
+            tracing::info!(%chat, user = %admitted.me.user_id, "send of a removed member refused");
+            let removed = ChatEvent::MemberRemoved {
+                user_id: admitted.me.user_id.clone(),
+            };
+            crate::backend::EventSink::deliver(&*app.rooms, chat, &removed);
+        }
+        Outcome::Appended {
             client_id,
             result: Err(err),
         } => {

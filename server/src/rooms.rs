@@ -229,6 +229,9 @@ impl EventSink for Rooms {
             }
             ChatEvent::MemberRemoved { user_id } => {
                 for conn in room.conns.values().filter(|c| &c.user == user_id) {
+                    // Nothing published after the removal may reach them, not even in
+                    // the moment before their connection acts on the close.
+                    conn.outbox.close();
                     conn.closer.close(CloseCode::Forbidden);
                 }
             }
@@ -238,6 +241,20 @@ impl EventSink for Rooms {
                 }
             }
         }
+    }
+
+    fn local_members(&self) -> Vec<(ChatId, Vec<UserId>)> {
+        let rooms = self.rooms.read();
+        rooms
+            .iter()
+            .filter(|(_, room)| !room.conns.is_empty())
+            .map(|(chat, room)| {
+                let mut users: Vec<UserId> = room.conns.values().map(|c| c.user.clone()).collect();
+                users.sort_unstable();
+                users.dedup();
+                (chat.clone(), users)
+            })
+            .collect()
     }
 }
 
@@ -373,6 +390,37 @@ mod tests {
         assert_eq!(held.len(), 2, "one per user: {held:?}");
         assert!(held[0].contains("presence_join") && held[0].contains("carol"));
         assert!(held[1].contains("presence_leave") && held[1].contains("bob"));
+    }
+
+    /// The connection acts on a close a moment later, in its own task: what the chat
+    /// publishes meanwhile must not reach a removed member, while others still get it.
+    #[tokio::test]
+    async fn nothing_published_after_a_removal_reaches_the_removed_member() {
+        let rooms = Arc::new(Rooms::new(Arc::default()));
+        let backend = MemoryBackend::new(rooms.clone(), 10);
+        let chat = ChatId::new("room").expect("chat");
+        let (closer, close_rx) = Closer::new();
+        let bob = joined(&rooms, &backend, "bob", 8, closer).await;
+        let alice = joined(&rooms, &backend, "alice", 8, Closer::new().0).await;
+        rooms.deliver(&chat, &message(1));
+        let removed = ChatEvent::MemberRemoved {
+            user_id: UserId::new("bob").expect("id"),
+        };
+        rooms.deliver(&chat, &removed);
+        assert_eq!(*close_rx.borrow(), Some(CloseCode::Forbidden));
+        rooms.deliver(&chat, &message(2));
+        rooms.deliver(&chat, &typing("alice"));
+        let seqs = |h: &ConnHandle| taken(h).iter().map(|o| o.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(&bob), [Some(Seq(1))], "only what came before the removal");
+        assert_eq!(seqs(&alice), [Some(Seq(1)), Some(Seq(2)), None]);
+        assert_eq!(
+            rooms.local_members(),
+            [(
+                chat,
+                vec![UserId::new("alice").expect("id"), UserId::new("bob").expect("id")]
+            )],
+            "still in the hub until the connection leaves"
+        );
     }
 
     #[tokio::test]

@@ -257,3 +257,53 @@ async fn a_crashed_instances_users_go_offline_when_their_lease_runs_out() {
         .collect();
     assert_eq!(online, ["bob"]);
 }
+
+/// The idempotency bookkeeping is bounded by the retained history: 50 distinct
+/// `client_id`s with a retention of 5 leave at most 5 entries (and no per-`client_id`
+/// key), while a resend of a retained one is still stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_entries_in_redis_are_bounded_by_the_retention() {
+    let redis = RedisServer::start().await;
+    let server = redis
+        .instance_with(|config| {
+            hablar_tests::server::no_rate_limit(config);
+            config.limits.history_retention = 5;
+        })
+        .await;
+    server.create_chat("room", &["alice"]).await;
+    let mut alice = server.join("room", "alice").await;
+    for i in 0..50 {
+        alice.send_json(&send(&format!("m{i}"), &format!("k{i}"))).await;
+    }
+    let mut last = serde_json::Value::Null;
+    for _ in 0..50 {
+        let value = alice.recv_json().await;
+        assert_eq!(value["type"], "new_message");
+        last = value;
+    }
+    assert_eq!(last["message"]["seq"], 50);
+    let entries: usize = redis
+        .command(&["ZCARD", "hablar:{room}:idem"])
+        .parse()
+        .expect("a count");
+    assert!(entries <= 5, "{entries} idempotency entries for a retention of 5");
+    assert_eq!(
+        redis.command(&["KEYS", "*idem*"]),
+        "hablar:{room}:idem",
+        "no key per client_id"
+    );
+    alice.send_json(&send("m49", "k49")).await;
+    assert_eq!(
+        alice.recv_json().await,
+        last,
+        "the resend gets the stored message"
+    );
+    let (_, page) = server.history("room", &tokens::token("alice"), "").await;
+    let seqs: Vec<u64> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, [46, 47, 48, 49, 50], "stored once");
+}

@@ -206,6 +206,11 @@ impl Backend for MemoryBackend {
         let state = self.chat(chat)?;
         let now = (self.clock)();
         let mut state = state.lock();
+        // Under the chat's lock, like `remove_member`: once a removal is done, the removed
+        // member can store and publish nothing.
+        if !state.members.contains(&message.sender.user_id) {
+            return Err(Error::NotMember);
+        }
         state.expire_client_ids(now, self.idempotency_ttl);
         if let Some(client_id) = &message.client_id {
             let key = (message.sender.user_id.clone(), client_id.clone());
@@ -402,6 +407,7 @@ mod tests {
         let (b, sink, _) = backend(100);
         let (chat, alice) = ids();
         b.create_chat(&chat).await.expect("create");
+        b.add_member(&chat, &alice.user_id).await.expect("add");
         let first = b.append(&chat, msg(&alice, "one", None)).await.expect("append");
         assert_eq!(first.message.seq, Some(Seq(1)));
         assert!(sink.0.lock().is_empty(), "not subscribed yet");
@@ -418,6 +424,7 @@ mod tests {
         let (b, _, now) = backend(100);
         let (chat, alice) = ids();
         b.create_chat(&chat).await.expect("create");
+        b.add_member(&chat, &alice.user_id).await.expect("add");
         let a = b
             .append(&chat, msg(&alice, "hi", Some("c1")))
             .await
@@ -442,6 +449,7 @@ mod tests {
         let (b, _, _) = backend(3);
         let (chat, alice) = ids();
         b.create_chat(&chat).await.expect("create");
+        b.add_member(&chat, &alice.user_id).await.expect("add");
         for i in 0..1000 {
             let id = format!("c{i}");
             b.append(&chat, msg(&alice, "flood", Some(&id)))
@@ -471,6 +479,7 @@ mod tests {
         let (b, _, _) = backend(3);
         let (chat, alice) = ids();
         b.create_chat(&chat).await.expect("create");
+        b.add_member(&chat, &alice.user_id).await.expect("add");
         for i in 0..5 {
             b.append(&chat, msg(&alice, &format!("m{i}"), None))
                 .await
@@ -528,6 +537,7 @@ mod tests {
         let (b, _, _) = backend(100);
         let (chat, alice) = ids();
         b.create_chat(&chat).await.expect("create");
+        b.add_member(&chat, &alice.user_id).await.expect("add");
         for i in 1..=5 {
             b.append(&chat, msg(&alice, &format!("m{i}"), None))
                 .await
@@ -552,12 +562,46 @@ mod tests {
         let (b, _, _) = backend(100);
         let (chat, alice) = ids();
         b.create_chat(&chat).await.expect("create");
+        b.add_member(&chat, &alice.user_id).await.expect("add");
         assert!(b.presence_join(&chat, &alice).await.expect("join").first);
         let second = b.presence_join(&chat, &alice).await.expect("join");
         assert!(!second.first);
         assert_eq!(second.online, vec![alice.clone()]);
         assert!(!b.presence_leave(&chat, &alice.user_id).await.expect("leave"));
         assert!(b.presence_leave(&chat, &alice.user_id).await.expect("leave"));
+    }
+
+    #[tokio::test]
+    async fn a_removed_members_send_is_refused_and_neither_stored_nor_published() {
+        let (b, sink, _) = backend(100);
+        let (chat, alice) = ids();
+        b.create_chat(&chat).await.expect("create");
+        b.add_member(&chat, &alice.user_id).await.expect("add");
+        b.subscribe(&chat).await.expect("subscribe");
+        b.append(&chat, msg(&alice, "before", Some("c1")))
+            .await
+            .expect("a member's send is stored");
+        assert!(b.remove_member(&chat, &alice.user_id).await.expect("remove"));
+        sink.0.lock().clear();
+        for client_id in [None, Some("c1"), Some("c2")] {
+            let refused = b.append(&chat, msg(&alice, "after", client_id)).await;
+            assert!(
+                matches!(refused, Err(Error::NotMember)),
+                "{client_id:?}: {refused:?}"
+            );
+        }
+        assert!(sink.0.lock().is_empty(), "nothing published: {:?}", sink.0.lock());
+        let page = b.history(&chat, None, 10).await.expect("history");
+        let stored: Vec<&str> = page.messages.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(stored, ["before"]);
+        let outsider = PresenceUser {
+            user_id: UserId::new("mallory").expect("user"),
+            username: "Mallory".into(),
+        };
+        assert!(matches!(
+            b.append(&chat, msg(&outsider, "hi", None)).await,
+            Err(Error::NotMember)
+        ));
     }
 
     #[tokio::test]

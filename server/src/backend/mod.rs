@@ -51,6 +51,12 @@ pub trait EventSink: Send + Sync + 'static {
     /// Hands one event of `chat` to the local connections. Must not block: it is called
     /// in the backend's publish path, in publish order.
     fn deliver(&self, chat: &ChatId, event: &ChatEvent);
+
+    /// The users with a local connection, per chat: what a backend checks membership of
+    /// when it may have missed a removal. None by default.
+    fn local_members(&self) -> Vec<(ChatId, Vec<UserId>)> {
+        Vec::new()
+    }
 }
 
 /// A message to store, already checked and stamped with its sender.
@@ -102,10 +108,16 @@ pub struct PresenceJoined {
 /// The store and broker.
 ///
 /// Rules every implementation keeps (the integration tests check them per backend):
-/// - `append` is one atomic step: idempotency check, `seq` = previous + 1, store, and
-///   publish of `new_message` to the chat, so that every subscriber sees messages in
-///   `seq` order.
-/// - Idempotency keys are scoped to (chat, sender, client_id) and kept 24 h.
+/// - `append` is one atomic step: membership check (a sender who is not a member gets
+///   [`crate::Error::NotMember`] and nothing is stored or published), idempotency check,
+///   `seq` = previous + 1, store, and publish of `new_message` to the chat, so that every
+///   subscriber sees messages in `seq` order.
+/// - Idempotency keys are scoped to (chat, sender, client_id) and kept while their
+///   message is in the retained history (the embedded backend also forgets them after
+///   24 h).
+/// - A removed member's local sockets are closed ([`ChatEvent::MemberRemoved`] to the
+///   sink) on every instance, also when the removal was not made through
+///   [`Backend::remove_member`] or its event was missed, within a bounded time.
 /// - `subscribe` returns once the subscription is live, so a caller that subscribes and
 ///   then reads `replay` misses nothing in between.
 #[async_trait]
@@ -125,7 +137,8 @@ pub trait Backend: Send + Sync + 'static {
     /// A user's display name, if a profile exists.
     async fn display_name(&self, user: &UserId) -> Result<Option<String>>;
 
-    /// Stores and publishes a message (see the trait's rules).
+    /// Stores and publishes a message (see the trait's rules); [`crate::Error::NotMember`]
+    /// when the sender is not a member of the chat.
     async fn append(&self, chat: &ChatId, message: NewMessage) -> Result<Appended>;
     /// Stores and publishes messages of one connection, in their order, as if appended
     /// one after the other: one outcome per message. A connection has one batch in

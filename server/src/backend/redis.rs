@@ -2,9 +2,10 @@
 //! the fan-out through one Redis.
 //!
 //! - Writes of a chat are Lua scripts over that chat's keys only (one hash tag, one
-//!   Cluster slot): `append` checks idempotency, takes the next seq, adds to the capped
-//!   stream, stores the idempotency key and PUBLISHes, in one atomic step, so every
-//!   instance sees one `seq` order.
+//!   Cluster slot): `append` checks membership and idempotency, takes the next seq, adds
+//!   to the capped stream, records the idempotency entry (trimmed with the stream) and
+//!   PUBLISHes, in one atomic step, so every instance sees one `seq` order and a removed
+//!   member can store nothing.
 //! - Each instance SUBSCRIBEs only to the chats it has local connections in, on one
 //!   pub/sub connection owned by a supervisor task that reconnects and resubscribes.
 //! - The pub/sub gap: the supervisor remembers, per subscribed chat, the epoch and the last
@@ -13,6 +14,11 @@
 //!   reconnecting. Where the stream cannot fill the gap (trimmed, other epoch, Redis down
 //!   again), the chat's local connections are closed with 1012 ([`ChatEvent::Resync`]) and
 //!   clients resume with `since`, which answers `recovered: false` if it must.
+//! - Removals: the admin API's removal is published ([`ChatEvent::MemberRemoved`]), and
+//!   for what pub/sub cannot bring (an event missed while the link was down, a direct
+//!   `SREM` by the app) every instance checks the membership of its local (chat, user)
+//!   pairs after each pub/sub (re)connect and every `--redis-membership-check-ms`, in one
+//!   pipelined round trip, and closes non-members with 4403.
 //! - Presence is a sorted set per chat of `{instance}:{user}` scored by lease expiry,
 //!   renewed by a heartbeat; a crashed instance's users expire, and the instance whose
 //!   heartbeat removes them announces `presence_leave`.
@@ -78,10 +84,24 @@ pub struct RedisOptions {
         default_value_t = 30_000
     )]
     pub presence_ttl_ms: u64,
-    /// How long a `client_id` makes a resend a no-op, seconds.
-    #[arg(long = "redis-idempotency-ttl-secs", env = "HABLAR_REDIS_IDEMPOTENCY_TTL_SECS",
-          default_value_t = hablar_protocol::limits::IDEMPOTENCY_RETENTION_SECS)]
-    pub idempotency_ttl_secs: u64,
+    /// Deprecated and ignored: a `client_id` makes a resend a no-op while its message is
+    /// in the retained history (`--history-retention`), as on the embedded backend.
+    /// Still accepted so that a deployment that sets it keeps starting; it logs a warning.
+    #[arg(
+        long = "redis-idempotency-ttl-secs",
+        env = "HABLAR_REDIS_IDEMPOTENCY_TTL_SECS"
+    )]
+    pub idempotency_ttl_secs: Option<u64>,
+    /// How often this instance checks, in one round trip, that the users of its sockets
+    /// are still members of their chats, and closes those who are not with 4403, ms. It
+    /// bounds how long a removal the pub/sub event did not bring (a direct `SREM`, or an
+    /// event missed while the pub/sub link was down) leaves a socket open.
+    #[arg(
+        long = "redis-membership-check-ms",
+        env = "HABLAR_REDIS_MEMBERSHIP_CHECK_MS",
+        default_value_t = 2_000
+    )]
+    pub membership_check_ms: u64,
     /// Most messages the pub/sub catch-up reads from the stream for one chat; a larger
     /// gap closes the chat's local connections with 1012 instead.
     #[arg(
@@ -100,7 +120,8 @@ impl Default for RedisOptions {
             reconnect_max_ms: 2_000,
             health_interval_ms: 5_000,
             presence_ttl_ms: 30_000,
-            idempotency_ttl_secs: hablar_protocol::limits::IDEMPOTENCY_RETENTION_SECS,
+            idempotency_ttl_secs: None,
+            membership_check_ms: 2_000,
             max_catch_up: 1_000,
         }
     }
@@ -147,13 +168,16 @@ impl Keys {
     pub fn messages(&self, chat: &ChatId) -> String {
         self.chat(chat, "messages")
     }
-    /// String with TTL: `{epoch} {seq} {created_at}` of the message stored under a
-    /// sender's `client_id` (not the message: it is read back from the stream).
-    pub fn idempotency(&self, chat: &ChatId, user: &UserId, client_id: &ClientId) -> String {
-        // A JSON pair keeps `user` and `client_id` apart whatever characters they hold.
-        let pair = serde_json::to_string(&(user.as_str(), client_id.as_str()))
-            .expect("a pair of strings serialises");
-        self.chat(chat, &format!("idem:{pair}"))
+    /// Sorted set: one entry per retained message stored with a `client_id`, member
+    /// [`Keys::idempotency_member`], score = its seq. Trimmed with the stream, so it holds
+    /// at most the retention.
+    pub fn idempotency(&self, chat: &ChatId) -> String {
+        self.chat(chat, "idem")
+    }
+    /// The member of [`Keys::idempotency`] for a sender's `client_id`: a JSON pair, which
+    /// keeps `user` and `client_id` apart whatever characters they hold.
+    pub fn idempotency_member(user: &UserId, client_id: &ClientId) -> String {
+        serde_json::to_string(&(user.as_str(), client_id.as_str())).expect("a pair of strings serialises")
     }
     /// Sorted set of `{instance}:{user}` scored by lease expiry (Unix ms, Redis clock).
     pub fn presence(&self, chat: &ChatId) -> String {
@@ -362,21 +386,6 @@ fn template(chat: &ChatId, message: NewMessage, created_at: String) -> String {
     serde_json::to_string(&draft(chat, message, created_at)).expect("a message serialises")
 }
 
-/// The acknowledgement of a resend whose message is stored but no longer retained: the
-/// resend itself (a `client_id` names one message, so the same content and fields) with
-/// the stored id, seq and time. It settles the sender's send like any echo, while the
-/// message is not stored or broadcast twice.
-fn trimmed_duplicate(mut draft: Message, epoch: &str, seq: &str, created_at: &str) -> Result<Message> {
-    let seq: u64 = seq
-        .parse()
-        .map_err(|_| backend_error("unreadable seq in an idempotency key"))?;
-    draft.id = MessageId::new(format!("{epoch}-{seq}"))
-        .map_err(|_| backend_error("unreadable epoch in an idempotency key"))?;
-    draft.seq = Some(Seq(seq));
-    created_at.clone_into(&mut draft.created_at);
-    Ok(draft)
-}
-
 fn parse_message(json: &str) -> Result<Message> {
     serde_json::from_str(json).map_err(|err| backend_error(format!("unreadable message in the store: {err}")))
 }
@@ -435,10 +444,17 @@ impl RedisBackend {
             event_suffix,
             opts,
         });
+        if inner.opts.idempotency_ttl_secs.is_some() {
+            tracing::warn!(
+                "--redis-idempotency-ttl-secs is deprecated and ignored: a client_id is \
+                 remembered while its message is retained (--history-retention)"
+            );
+        }
         let (up_tx, up_rx) = tokio::sync::oneshot::channel();
         let tasks = vec![
             tokio::spawn(supervise(inner.clone(), Some(up_tx))),
             tokio::spawn(heartbeat(inner.clone())),
+            tokio::spawn(membership_checks(inner.clone())),
         ];
         // Start with pub/sub up, so the first connections need not fail.
         let _ = tokio::time::timeout(timeout, up_rx).await;
@@ -600,32 +616,38 @@ impl Backend for RedisBackend {
         let inner = &self.inner;
         let k = &inner.keys;
         let created_at = rfc3339(OffsetDateTime::now_utc());
-        let mut drafts = Vec::with_capacity(messages.len());
-        // Per message: its keys, then its arguments, as for EVALSHA/EVAL.
-        let mut calls: Vec<(Vec<String>, Vec<String>)> = Vec::with_capacity(messages.len());
+        // Per message its arguments; the keys are the chat's, the same for every message.
+        let mut calls: Vec<Vec<String>> = Vec::with_capacity(messages.len());
+        let keys = vec![
+            k.meta(chat),
+            k.epoch(chat),
+            k.seq(chat),
+            k.messages(chat),
+            k.members(chat),
+            k.idempotency(chat),
+        ];
         for message in messages {
             let idempotency = message
                 .client_id
                 .as_ref()
-                .map(|client_id| k.idempotency(chat, &message.sender.user_id, client_id));
+                .map(|client_id| Keys::idempotency_member(&message.sender.user_id, client_id))
+                .unwrap_or_default();
+            let sender = message.sender.user_id.as_str().to_owned();
             let draft = draft(chat, message, created_at.clone());
             let template = serde_json::to_string(&draft).expect("a message serialises");
-            let mut keys = vec![k.meta(chat), k.epoch(chat), k.seq(chat), k.messages(chat)];
-            keys.extend(idempotency);
             let args = vec![
                 new_epoch(),
                 template,
                 inner.retention.to_string(),
-                inner.opts.idempotency_ttl_secs.max(1).to_string(),
+                idempotency,
                 k.channel(chat),
                 inner.event_prefix.clone(),
                 inner.event_suffix.clone(),
                 ID_NEEDLE.to_owned(),
                 SEQ_NEEDLE.to_owned(),
-                created_at.clone(),
+                sender,
             ];
-            drafts.push(draft);
-            calls.push((keys, args));
+            calls.push(args);
         }
         // One transaction: the batch runs in order and whole, nothing of another client
         // between. That also keeps the order when Redis has lost its script cache (a
@@ -637,13 +659,13 @@ impl Backend for RedisBackend {
         let transaction = |by_text: bool| {
             let mut pipe = redis::pipe();
             pipe.atomic();
-            for (keys, args) in &calls {
+            for args in &calls {
                 let cmd = if by_text {
                     pipe.cmd("EVAL").arg(APPEND_LUA)
                 } else {
                     pipe.cmd("EVALSHA").arg(inner.scripts.append.get_hash())
                 };
-                cmd.arg(keys.len()).arg(keys).arg(args);
+                cmd.arg(keys.len()).arg(&keys).arg(args);
             }
             pipe
         };
@@ -659,31 +681,27 @@ impl Backend for RedisBackend {
             })
             .await;
         let replies = match replies {
-            Ok(replies) if replies.len() == drafts.len() => replies,
+            Ok(replies) if replies.len() == calls.len() => replies,
             Ok(_) => {
-                return drafts
+                return calls
                     .iter()
                     .map(|_| Err(backend_error("unexpected reply from the append script")))
                     .collect()
             }
             Err(err) => {
                 let text = err.to_string();
-                return drafts.iter().map(|_| Err(backend_error(&text))).collect();
+                return calls.iter().map(|_| Err(backend_error(&text))).collect();
             }
         };
-        drafts
+        replies
             .into_iter()
-            .zip(replies)
-            .map(|(draft, reply)| match reply.as_slice() {
+            .map(|reply| match reply.as_slice() {
                 [outcome, json] if outcome == "stored" || outcome == "duplicate" => Ok(Appended {
                     message: parse_message(json)?,
                     duplicate: outcome == "duplicate",
                 }),
-                [outcome, epoch, seq, created_at] if outcome == "trimmed" => Ok(Appended {
-                    message: trimmed_duplicate(draft, epoch, seq, created_at)?,
-                    duplicate: true,
-                }),
                 [missing] if missing == "missing" => Err(Error::NotFound),
+                [forbidden] if forbidden == "forbidden" => Err(Error::NotMember),
                 _ => Err(backend_error("unexpected reply from the append script")),
             })
             .collect()
@@ -927,6 +945,9 @@ async fn supervise(inner: Arc<Inner>, mut up: Option<tokio::sync::oneshot::Sende
             let _ = up.send(());
         }
         tracing::info!(chats = chats.len(), "redis pub/sub connected");
+        // A removal published while the link was down never comes: close removed members
+        // before the catch-up hands the chats' missed messages to their sockets.
+        check_members(&inner).await;
         for chat in &chats {
             catch_up(&inner, chat).await;
         }
@@ -1118,6 +1139,69 @@ async fn catch_up(inner: &Inner, chat: &ChatId) {
     }
 }
 
+/// Checks the membership of this instance's sockets every `--redis-membership-check-ms`.
+async fn membership_checks(inner: Arc<Inner>) {
+    let every = Duration::from_millis(inner.opts.membership_check_ms.max(10));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        check_members(&inner).await;
+    }
+}
+
+/// Closes, with 4403, the local sockets of users who are no longer members of their chat,
+/// however they were removed: one pipelined round trip, `SMISMEMBER` per chat.
+///
+/// A chat whose `meta` key is missing is skipped: that is Redis having lost its data (or
+/// the chat being deleted), not a removal, and a 4403 would stop the SDK for good, while
+/// the app re-provisions the chat (see the README's *Faults*).
+async fn check_members(inner: &Inner) {
+    let local = inner.sink.local_members();
+    if local.is_empty() {
+        return;
+    }
+    let mut pipe = redis::pipe();
+    for (chat, users) in &local {
+        pipe.exists(inner.keys.meta(chat));
+        pipe.cmd("SMISMEMBER")
+            .arg(inner.keys.members(chat))
+            .arg(users.iter().map(UserId::as_str).collect::<Vec<_>>());
+    }
+    let mut conn = inner.conn.clone();
+    let replies: Vec<redis::Value> = match inner.run(pipe.query_async(&mut conn)).await {
+        Ok(replies) => replies,
+        Err(err) => {
+            // The next check tries again; meanwhile the append refuses non-members.
+            tracing::debug!(error = %err, "membership check failed");
+            return;
+        }
+    };
+    let mut replies = replies.into_iter();
+    for (chat, users) in &local {
+        let (Some(exists), Some(flags)) = (replies.next(), replies.next()) else {
+            return;
+        };
+        let exists: bool = redis::from_redis_value(exists).unwrap_or(false);
+        let Ok(flags) = redis::from_redis_value::<Vec<bool>>(flags) else {
+            tracing::warn!(%chat, "unexpected reply to SMISMEMBER (Redis 6.2 or newer is needed)");
+            continue;
+        };
+        if !exists {
+            continue;
+        }
+        for (user, member) in users.iter().zip(flags) {
+            if !member {
+                tracing::info!(%chat, %user, "not a member any more; closing their sockets");
+                let event = ChatEvent::MemberRemoved {
+                    user_id: user.clone(),
+                };
+                inner.sink.deliver(chat, &event);
+            }
+        }
+    }
+}
+
 /// Renews this instance's presence leases and announces users whose leases expired.
 async fn heartbeat(inner: Arc<Inner>) {
     let ttl = inner.opts.presence_ttl_ms.max(3);
@@ -1212,32 +1296,53 @@ mod tests {
             keys.epoch(&chat),
             keys.seq(&chat),
             keys.messages(&chat),
-            keys.idempotency(&chat, &user, &client),
+            keys.idempotency(&chat),
             keys.presence(&chat),
             keys.presence_names(&chat),
         ] {
             assert!(key.starts_with("hablar:{general}:"), "{key}");
         }
+        assert_eq!(Keys::idempotency_member(&user, &client), r#"["a:b}{","c:1"]"#);
         assert_eq!(keys.user(&user), "hablar:user:a:b}{");
         assert_eq!(keys.chat_of_channel(&keys.channel(&chat)), Some(chat));
         assert_eq!(keys.chat_of_channel("other:{general}:events"), None);
     }
 
     #[test]
-    fn idempotency_keys_keep_user_and_client_id_apart() {
-        let keys = Keys::new("hablar");
-        let chat = ChatId::new("c").expect("chat");
-        let a = keys.idempotency(
-            &chat,
+    fn idempotency_entries_keep_user_and_client_id_apart() {
+        let a = Keys::idempotency_member(
             &UserId::new("a:b").expect("user"),
             &ClientId::new("c").expect("client id"),
         );
-        let b = keys.idempotency(
-            &chat,
+        let b = Keys::idempotency_member(
             &UserId::new("a").expect("user"),
             &ClientId::new("b:c").expect("client id"),
         );
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_membership_check_flag_has_a_default_and_the_old_ttl_flag_is_still_accepted() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            redis: RedisOptions,
+        }
+        let defaults = Flags::try_parse_from(["hablar-server"]).expect("parses").redis;
+        assert_eq!(defaults.membership_check_ms, 2_000);
+        assert_eq!(defaults.idempotency_ttl_secs, None);
+        let set = Flags::try_parse_from([
+            "hablar-server",
+            "--redis-membership-check-ms",
+            "500",
+            "--redis-idempotency-ttl-secs",
+            "86400",
+        ])
+        .expect("a deployment that sets the deprecated flag still starts")
+        .redis;
+        assert_eq!(set.membership_check_ms, 500);
+        assert_eq!(set.idempotency_ttl_secs, Some(86_400));
     }
 
     /// What the `append` script does to the template, in Rust.
@@ -1394,6 +1499,97 @@ mod tests {
         let bob = user("bob");
         let joined = backend.presence_join(&chat, &bob).await.expect("join");
         assert_eq!(joined.online, vec![bob]);
+    }
+
+    fn message(sender: &PresenceUser, content: &str, client_id: &str) -> NewMessage {
+        NewMessage {
+            sender: sender.clone(),
+            content: content.into(),
+            client_id: Some(ClientId::new(client_id).expect("client id")),
+            extra: Default::default(),
+        }
+    }
+
+    /// The append re-checks membership with the store: a member removed by a direct
+    /// `SREM` (no event published) can store nothing, whatever the batch holds.
+    #[tokio::test]
+    async fn a_removed_members_append_is_refused_with_nothing_stored() {
+        use redis::AsyncCommands;
+        let redis = TestRedis::start().await;
+        let backend = backend_without_heartbeat(&redis).await;
+        let chat = ChatId::new("c").expect("chat");
+        let alice = user("alice");
+        backend.create_chat(&chat).await.expect("create");
+        backend.add_member(&chat, &alice.user_id).await.expect("add");
+        backend
+            .append(&chat, message(&alice, "before", "c1"))
+            .await
+            .expect("a member's send is stored");
+        let mut conn = backend.inner.conn.clone();
+        let _: () = conn
+            .srem(backend.inner.keys.members(&chat), "alice")
+            .await
+            .expect("srem");
+        let outcomes = backend
+            .append_batch(
+                &chat,
+                vec![message(&alice, "after", "c1"), message(&alice, "after", "c2")],
+            )
+            .await;
+        assert!(
+            outcomes.iter().all(|o| matches!(o, Err(Error::NotMember))),
+            "{outcomes:?}"
+        );
+        let page = backend.history(&chat, None, 10).await.expect("history");
+        let stored: Vec<&str> = page.messages.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(stored, ["before"]);
+    }
+
+    /// The idempotency entries are trimmed with the stream: a flood of distinct
+    /// `client_id`s leaves no more of them than the retention, and a retained one still
+    /// answers a resend with the stored message.
+    #[tokio::test]
+    async fn idempotency_entries_are_bounded_by_the_retained_history() {
+        use redis::AsyncCommands;
+        let redis = TestRedis::start().await;
+        let opts = RedisOptions {
+            presence_ttl_ms: 600_000,
+            ..RedisOptions::default()
+        };
+        let backend = RedisBackend::connect(&redis.url(), Arc::new(Discard), 5, opts)
+            .await
+            .expect("connect");
+        let chat = ChatId::new("c").expect("chat");
+        let alice = user("alice");
+        backend.create_chat(&chat).await.expect("create");
+        backend.add_member(&chat, &alice.user_id).await.expect("add");
+        let mut last = None;
+        for i in 0..50 {
+            let appended = backend
+                .append(&chat, message(&alice, "flood", &format!("k{i}")))
+                .await
+                .expect("append");
+            last = Some(appended.message);
+        }
+        let mut conn = backend.inner.conn.clone();
+        let entries: Vec<(String, u64)> = conn
+            .zrange_withscores(backend.inner.keys.idempotency(&chat), 0, -1)
+            .await
+            .expect("zrange");
+        let seqs: Vec<u64> = entries.iter().map(|(_, seq)| *seq).collect();
+        assert_eq!(seqs, [46, 47, 48, 49, 50], "the retained messages' entries only");
+        let again = backend
+            .append(&chat, message(&alice, "flood", "k49"))
+            .await
+            .expect("append");
+        assert!(again.duplicate);
+        assert_eq!(Some(again.message), last);
+        let fresh = backend
+            .append(&chat, message(&alice, "flood", "k0"))
+            .await
+            .expect("append");
+        assert!(!fresh.duplicate, "past the retention a client_id is free again");
+        assert_eq!(fresh.message.seq, Some(Seq(51)));
     }
 
     /// What the beat is for still holds: it renews the leases of users still connected,

@@ -1,43 +1,40 @@
--- Appends one message to a chat in one atomic step: idempotency check, next seq, the
--- capped stream, the idempotency key and the PUBLISH to the chat's channel. Every key is
--- one chat's (one hash tag, one Cluster slot); the channel is not a key.
+-- Appends one message to a chat in one atomic step: membership check, idempotency check,
+-- next seq, the capped stream, the idempotency entry and the PUBLISH to the chat's
+-- channel. Every key is one chat's (one hash tag, one Cluster slot); the channel is not a
+-- key.
 --
 -- KEYS[1] meta (hash; the chat exists iff it exists)   KEYS[2] epoch (string)
 -- KEYS[3] seq (string counter)   KEYS[4] messages (stream, entry id = "{seq}-0")
--- KEYS[5] idempotency key (string "{epoch} {seq} {created_at}", optional)
+-- KEYS[5] members (set)   KEYS[6] idempotency (zset: member = JSON [user, client_id],
+-- score = the seq stored under it; only entries of retained messages)
 -- ARGV[1] a fresh epoch, used if the chat has none     ARGV[2] the message JSON template
--- ARGV[3] stream MAXLEN    ARGV[4] idempotency TTL (s)   ARGV[5] channel
--- ARGV[6] event prefix     ARGV[7] event suffix           ARGV[8] id needle   ARGV[9] seq needle
--- ARGV[10] the template's created_at
--- Returns {"missing"} | {"duplicate", stored JSON} | {"stored", JSON}
---       | {"trimmed", epoch, seq, created_at}: a duplicate whose message left the stream.
+-- ARGV[3] stream MAXLEN    ARGV[4] idempotency member ("" without a client_id)
+-- ARGV[5] channel   ARGV[6] event prefix   ARGV[7] event suffix
+-- ARGV[8] id needle   ARGV[9] seq needle   ARGV[10] the sender's user id
+-- Returns {"missing"} | {"forbidden"} | {"duplicate", stored JSON} | {"stored", JSON}.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'missing'}
 end
-if KEYS[5] then
-  local stored = redis.call('GET', KEYS[5])
-  if stored and string.sub(stored, 1, 1) == '{' then
-    -- Written before keys held only the seq; they expire within the TTL.
-    return {'duplicate', stored}
-  end
-  if stored then
-    -- The key holds only where the message is, not the message (up to a frame for each
-    -- message for the whole TTL): read it back from the stream while it is retained.
-    local key_epoch, key_seq, key_at = string.match(stored, '^(%S+) (%d+) (%S+)$')
-    if key_epoch and key_epoch == redis.call('GET', KEYS[2]) then
-      local entry = redis.call('XRANGE', KEYS[4], key_seq .. '-0', key_seq .. '-0')
-      if entry[1] then
-        return {'duplicate', entry[1][2][2]}
-      end
-      -- Trimmed out of the stream, but stored: never store it twice.
-      return {'trimmed', key_epoch, key_seq, key_at}
+-- Checked here, with the append, so that a member removed by any means (the admin API,
+-- or a direct SREM by the app) cannot store or publish anything once the SREM is done.
+if redis.call('SISMEMBER', KEYS[5], ARGV[10]) == 0 then
+  return {'forbidden'}
+end
+if ARGV[4] ~= '' then
+  local at = redis.call('ZSCORE', KEYS[6], ARGV[4])
+  if at then
+    local seq = string.format('%d', tonumber(at))
+    local entry = redis.call('XRANGE', KEYS[4], seq .. '-0', seq .. '-0')
+    if entry[1] then
+      return {'duplicate', entry[1][2][2]}
     end
-    -- A key of an older epoch points into a store that is gone: store afresh.
+    -- Not retained any more (the retention was lowered): stored afresh, as on the
+    -- embedded backend; the ZADD below moves the entry to the new seq.
   end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX') then
   -- A new epoch is a new store: nothing left from an older one belongs to it.
-  redis.call('DEL', KEYS[3], KEYS[4])
+  redis.call('DEL', KEYS[3], KEYS[4], KEYS[6])
 end
 local epoch = redis.call('GET', KEYS[2])
 local seq = redis.call('INCR', KEYS[3])
@@ -59,8 +56,14 @@ end
 local message = splice(ARGV[2], ARGV[8], '"id":"' .. epoch .. '-' .. seq_text .. '"')
 message = splice(message, ARGV[9], '"seq":' .. seq_text)
 redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[3], seq_text .. '-0', 'm', message)
-if KEYS[5] then
-  redis.call('SET', KEYS[5], epoch .. ' ' .. seq_text .. ' ' .. ARGV[10], 'EX', ARGV[4])
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[6], seq, ARGV[4])
+end
+-- The idempotency window is the retained history: entries of messages the MAXLEN just
+-- trimmed go with them, so a flood of distinct client_ids costs at most the retention.
+local oldest = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
+if oldest[1] then
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. string.match(oldest[1][1], '^(%d+)'))
 end
 redis.call('PUBLISH', ARGV[5], ARGV[6] .. message .. ARGV[7])
 return {'stored', message}
