@@ -15,7 +15,9 @@
 //!   clients resume with `since`, which answers `recovered: false` if it must.
 //! - Presence is a sorted set per chat of `{instance}:{user}` scored by lease expiry,
 //!   renewed by a heartbeat; a crashed instance's users expire, and the instance whose
-//!   heartbeat removes them announces `presence_leave`.
+//!   heartbeat removes them announces `presence_leave`. After a Redis stall nobody's
+//!   lease is removed until every instance had a beat to renew its own, and a lease that
+//!   was removed from a user still connected is written back with a `presence_join`.
 //!
 //! The key schema is in [`Keys`] and documented in `notes/README-redis.md`.
 
@@ -162,6 +164,11 @@ impl Keys {
     /// Hash user id → username of the users online in the chat.
     pub fn presence_names(&self, chat: &ChatId) -> String {
         self.chat(chat, "presence:names")
+    }
+    /// Hash with `last` (the last heartbeat of any instance in the chat) and `hold`
+    /// (no lease is removed before it), Unix ms on the Redis clock.
+    pub fn presence_beat(&self, chat: &ChatId) -> String {
+        self.chat(chat, "presence:beat")
     }
     /// Hash with `display_name`: a user's profile.
     pub fn user(&self, user: &UserId) -> String {
@@ -1137,7 +1144,9 @@ async fn heartbeat(inner: Arc<Inner>) {
 
 /// One chat's heartbeat: renews the leases of `users` (this instance's, as they were when
 /// the beat started), announces the users of any instance whose last lease expired, then
-/// takes back the lease of anyone who left while the beat was on its way.
+/// announces again the users here whose lease had to be written back after another
+/// instance removed it, and takes back the lease of anyone who left while the beat was on
+/// its way.
 ///
 /// The beat re-adds a lease that is missing (Redis may have lost it), so a user whose
 /// `presence_leave` ran between the snapshot and the script came back as a ghost: shown
@@ -1148,6 +1157,7 @@ async fn beat(inner: &Inner, chat: &ChatId, users: Vec<PresenceUser>) {
     invocation
         .key(inner.keys.presence(chat))
         .key(inner.keys.presence_names(chat))
+        .key(inner.keys.presence_beat(chat))
         .arg(ttl);
     for user in &users {
         invocation
@@ -1156,8 +1166,8 @@ async fn beat(inner: &Inner, chat: &ChatId, users: Vec<PresenceUser>) {
             .arg(&user.username);
     }
     let mut conn = inner.conn.clone();
-    let gone: Vec<String> = match inner.run(invocation.invoke_async(&mut conn)).await {
-        Ok(gone) => gone,
+    let (gone, back): (Vec<String>, Vec<String>) = match inner.run(invocation.invoke_async(&mut conn)).await {
+        Ok(reply) => reply,
         Err(err) => {
             tracing::debug!(%chat, error = %err, "presence heartbeat failed");
             return;
@@ -1178,20 +1188,37 @@ async fn beat(inner: &Inner, chat: &ChatId, users: Vec<PresenceUser>) {
             tracing::debug!(%chat, error = %err, "presence leave of an expired lease not sent");
         }
     }
+    let back: std::collections::HashSet<&str> = back.chunks_exact(2).map(|pair| pair[0].as_str()).collect();
     for user in users {
+        let written_back = back.contains(user.user_id.as_str());
         let key = (chat.clone(), user.user_id);
-        if inner.presence.lock().contains_key(&key) {
+        if !written_back && inner.presence.lock().contains_key(&key) {
             continue;
         }
         // Ordered with this user's joins and leaves, and checked again under the lock: a
-        // user who came back meanwhile keeps the lease the join wrote.
+        // user who came back meanwhile keeps the lease the join wrote, and a user who
+        // leaves now is announced leaving after the join below, not before it.
         let _order = inner.presence_order(chat, &key.1).lock().await;
-        if inner.presence.lock().contains_key(&key) {
-            continue;
-        }
-        // Their leave was announced already; this only takes the renewed lease back out.
-        if let Err(err) = inner.remove_lease(chat, &key.1).await {
-            tracing::debug!(%chat, error = %err, "a lease renewed after its leave was not taken back");
+        let here = inner.presence.lock().get(&key).map(|local| local.user.clone());
+        match here {
+            Some(user) => {
+                // Another instance removed their lease (after a stall of this instance's
+                // link to Redis) and announced the leave, to their own tabs too; they are
+                // still connected here, so everyone is told they are back.
+                let event = ChatEvent::Broadcast {
+                    event: ServerEvent::PresenceJoin(user),
+                    skip_user: None,
+                };
+                if let Err(err) = inner.publish_event(chat, &event).await {
+                    tracing::debug!(%chat, error = %err, "presence join of a written-back lease not sent");
+                }
+            }
+            // Their leave was announced already; this only takes the renewed lease back out.
+            None => {
+                if let Err(err) = inner.remove_lease(chat, &key.1).await {
+                    tracing::debug!(%chat, error = %err, "a lease renewed after its leave was not taken back");
+                }
+            }
         }
     }
 }
@@ -1215,6 +1242,7 @@ mod tests {
             keys.idempotency(&chat, &user, &client),
             keys.presence(&chat),
             keys.presence_names(&chat),
+            keys.presence_beat(&chat),
         ] {
             assert!(key.starts_with("hablar:{general}:"), "{key}");
         }
