@@ -1,6 +1,7 @@
-//! Presence across instances on one real redis-server: through a Redis stall longer
-//! than the presence lease (`CLIENT PAUSE`), and after a lease was taken from a user who
-//! stayed connected.
+//! Presence and per-user connection limits across instances on one real redis-server:
+//! through a Redis stall longer than the presence lease (`CLIENT PAUSE`), after a lease
+//! was taken from a user who stayed connected, and with a user's connections spread over
+//! instances.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use hablar_protocol::events::ServerEvent;
 use hablar_server::Config;
 use hablar_tests::client::Frame;
 use hablar_tests::redis::RedisServer;
-use hablar_tests::{tokens, Client};
+use hablar_tests::{tokens, Client, TestServer};
 use tokio::time::Instant;
 
 /// The presence lease of the presence tests, ms: short, so that a stall outlives it.
@@ -145,4 +146,60 @@ async fn a_user_whose_lease_another_instance_removed_is_announced_back_within_a_
     assert_stayed_online("alice herself", "alice", &alice_saw);
     let mut bob2 = b.connect("room", &tokens::token("bob")).await;
     assert_eq!(online(&bob2.ready().await), ["alice", "bob"]);
+}
+
+/// At most two connections per user, and no handshake rate limit in the way of retries.
+fn two_per_user(config: &mut Config) {
+    config.limits.max_connections_per_user = 2;
+    config.limits.connect_burst = 1_000;
+}
+
+/// Connects `user` to `server`, retrying while refused with 4429 (a slot given back
+/// elsewhere may take a moment); `None` if still refused after `within`.
+async fn admitted_within(server: &TestServer, user: &str, within: Duration) -> Option<Client> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut client = server.connect("room", &tokens::token(user)).await;
+        match client.next_frame(hablar_tests::client::TIMEOUT).await {
+            Some(Frame::Json(value)) if value["type"] == "ready" => return Some(client),
+            Some(Frame::Close(4429)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Some(Frame::Close(4429)) => return None,
+            other => panic!("expected ready or 4429, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_connection_limit_holds_across_instances() {
+    let redis = RedisServer::start().await;
+    let a = redis.instance_with(two_per_user).await;
+    let b = redis.instance_with(two_per_user).await;
+    a.create_chat("room", &["alice", "bob"]).await;
+    let first = a.join("room", "alice").await;
+    let _second = a.join("room", "alice").await;
+    let mut third = b.connect("room", &tokens::token("alice")).await;
+    assert_eq!(
+        third.expect_close().await,
+        4429,
+        "two on A fill alice's limit on B too"
+    );
+    let _bob = b.join("room", "bob").await;
+
+    first.close().await;
+    let _third = admitted_within(&b, "alice", Duration::from_secs(2))
+        .await
+        .expect("a connection closed on A frees its slot for B");
+    let mut fourth = a.connect("room", &tokens::token("alice")).await;
+    assert_eq!(fourth.expect_close().await, 4429, "the one on B counts on A");
+
+    // A graceful shutdown gives A's slot back before it returns: a rolling restart does
+    // not lock its users out for a lease.
+    a.shutdown().await.expect("shutdown");
+    let mut back = b.connect("room", &tokens::token("alice")).await;
+    assert!(
+        matches!(back.next_frame(hablar_tests::client::TIMEOUT).await, Some(Frame::Json(v)) if v["type"] == "ready"),
+        "the slot of a connection closed by a shutdown is free at once"
+    );
 }

@@ -18,11 +18,15 @@
 //!   heartbeat removes them announces `presence_leave`. After a Redis stall nobody's
 //!   lease is removed until every instance had a beat to renew its own, and a lease that
 //!   was removed from a user still connected is written back with a `presence_join`.
+//! - Connection slots (`--max-connections-per-user`) are a sorted set per user of
+//!   `{instance}:{slot}` scored by lease expiry, taken by one script below the limit and
+//!   renewed by the same heartbeat, so that the limit holds across instances.
 //!
 //! The key schema is in [`Keys`] and documented in `notes/README-redis.md`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash as _, Hasher as _};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,8 +42,9 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
-use super::{Appended, Backend, ChatEvent, EventSink, NewMessage, PresenceJoined, Replay};
+use super::{Appended, Backend, ChatEvent, ConnectionSlot, EventSink, NewMessage, PresenceJoined, Replay};
 use crate::error::{Error, Result};
+use crate::limits::ConnectionCounter;
 
 /// The Redis backend's settings (flags, each also from the environment).
 #[derive(Debug, Clone, clap::Args)]
@@ -170,6 +175,11 @@ impl Keys {
     pub fn presence_beat(&self, chat: &ChatId) -> String {
         self.chat(chat, "presence:beat")
     }
+    /// Sorted set of `{instance}:{slot}` scored by lease expiry: a user's open
+    /// connections on every instance. (No chat: a user's limit spans chats.)
+    pub fn connections(&self, user: &UserId) -> String {
+        format!("{}:connections:{}", self.prefix, user.as_str())
+    }
     /// Hash with `display_name`: a user's profile.
     pub fn user(&self, user: &UserId) -> String {
         format!("{}:user:{}", self.prefix, user.as_str())
@@ -204,6 +214,8 @@ struct Scripts {
     presence_leave: Script,
     presence_beat: Script,
     remove_member: Script,
+    connection_acquire: Script,
+    connection_renew: Script,
 }
 
 impl Scripts {
@@ -215,6 +227,8 @@ impl Scripts {
             presence_leave: Script::new(include_str!("redis/presence_leave.lua")),
             presence_beat: Script::new(include_str!("redis/presence_beat.lua")),
             remove_member: Script::new(include_str!("redis/remove_member.lua")),
+            connection_acquire: Script::new(include_str!("redis/connection_acquire.lua")),
+            connection_renew: Script::new(include_str!("redis/connection_renew.lua")),
         }
     }
 }
@@ -262,6 +276,12 @@ struct Inner {
     /// leave's ZREM never overtakes a later join's ZADD of the same entry (a script may be
     /// sent twice: EVALSHA, then EVAL on NOSCRIPT). Striped: see [`Inner::presence_order`].
     presence_order: Box<[tokio::sync::Mutex<()>]>,
+    /// This instance's connection slots by id, with their user: the heartbeat renews
+    /// their leases. A slot leaves this map before its entry leaves Redis, so that a
+    /// renewal on its way is taken back (see [`renew_slots`]).
+    slots: Mutex<HashMap<u64, UserId>>,
+    /// The id of the next connection slot.
+    next_slot: AtomicU64,
     /// Pre-built halves of a `new_message` [`ChatEvent`] around the message JSON.
     event_prefix: String,
     event_suffix: String,
@@ -438,6 +458,8 @@ impl RedisBackend {
             presence_order: (0..PRESENCE_ORDER_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            slots: Mutex::default(),
+            next_slot: AtomicU64::new(0),
             event_prefix,
             event_suffix,
             opts,
@@ -466,6 +488,18 @@ impl Inner {
         let mut conn = self.conn.clone();
         let last: i64 = self.run(invocation.invoke_async(&mut conn)).await?;
         Ok(last == 1)
+    }
+
+    /// The entry of this instance's connection slot `slot` in its user's set.
+    fn slot_member(&self, slot: u64) -> String {
+        format!("{}:{slot}", self.instance)
+    }
+
+    /// Takes this instance's connection slot `slot` of `user` out of Redis.
+    async fn remove_slot(&self, user: &UserId, slot: u64) -> Result<()> {
+        let mut conn = self.conn.clone();
+        self.run(conn.zrem(self.keys.connections(user), self.slot_member(slot)))
+            .await
     }
 
     fn timeout(&self) -> Duration {
@@ -897,6 +931,52 @@ impl Backend for RedisBackend {
         // On failure the lease runs out and another instance's heartbeat announces it.
         inner.remove_lease(chat, user).await
     }
+
+    /// Counts across instances: see `connection_acquire.lua`. The slot's lease is the
+    /// presence lease, renewed by the same heartbeat.
+    async fn acquire_connection(
+        &self,
+        _local: &Arc<ConnectionCounter>,
+        user: &UserId,
+        max: usize,
+    ) -> Result<Option<ConnectionSlot>> {
+        let inner = &self.inner;
+        let slot = inner.next_slot.fetch_add(1, Ordering::Relaxed);
+        let mut invocation = inner.scripts.connection_acquire.prepare_invoke();
+        invocation
+            .key(inner.keys.connections(user))
+            .arg(inner.slot_member(slot))
+            .arg(max)
+            .arg(inner.opts.presence_ttl_ms.max(3));
+        let mut conn = inner.conn.clone();
+        let taken: i64 = match inner.run(invocation.invoke_async(&mut conn)).await {
+            Ok(taken) => taken,
+            Err(err) => {
+                // The script may have run all the same, after our time limit: take the
+                // slot back rather than let it count for a whole lease.
+                let (inner, user) = (inner.clone(), user.clone());
+                tokio::spawn(async move {
+                    let _ = inner.remove_slot(&user, slot).await;
+                });
+                return Err(err);
+            }
+        };
+        if taken != 1 {
+            return Ok(None);
+        }
+        // Renewed from the next heartbeat on; the lease just written lasts until then.
+        inner.slots.lock().insert(slot, user.clone());
+        let (inner, user) = (inner.clone(), user.clone());
+        Ok(Some(ConnectionSlot::new(move || {
+            // First out of the renewals, then out of Redis: see `renew_slots`.
+            inner.slots.lock().remove(&slot);
+            Box::pin(async move {
+                if let Err(err) = inner.remove_slot(&user, slot).await {
+                    tracing::debug!(error = %err, "a connection slot not given back runs out with its lease");
+                }
+            })
+        })))
+    }
 }
 
 /// Owns the pub/sub connection: connects, (re)subscribes the chats with local
@@ -1125,19 +1205,56 @@ async fn catch_up(inner: &Inner, chat: &ChatId) {
     }
 }
 
-/// Renews this instance's presence leases and announces users whose leases expired.
+/// Renews this instance's presence leases and connection slots, and announces users
+/// whose leases expired.
 async fn heartbeat(inner: Arc<Inner>) {
     let ttl = inner.opts.presence_ttl_ms.max(3);
     let mut tick = tokio::time::interval(Duration::from_millis(ttl / 3));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        renew_slots(&inner).await;
         let mut by_chat: HashMap<ChatId, Vec<PresenceUser>> = HashMap::new();
         for ((chat, _), local) in inner.presence.lock().iter() {
             by_chat.entry(chat.clone()).or_default().push(local.user.clone());
         }
         for (chat, users) in by_chat {
             beat(&inner, &chat, users).await;
+        }
+    }
+}
+
+/// Renews the leases of this instance's connection slots, one user's at a time, and
+/// takes back any slot given back while its renewal was on its way (the renewal writes
+/// back a missing entry, so it could have outlived the release by a whole lease).
+async fn renew_slots(inner: &Inner) {
+    let mut by_user: HashMap<UserId, Vec<u64>> = HashMap::new();
+    for (slot, user) in inner.slots.lock().iter() {
+        by_user.entry(user.clone()).or_default().push(*slot);
+    }
+    let ttl = inner.opts.presence_ttl_ms.max(3);
+    for (user, slots) in by_user {
+        let mut invocation = inner.scripts.connection_renew.prepare_invoke();
+        invocation.key(inner.keys.connections(&user)).arg(ttl);
+        for slot in &slots {
+            invocation.arg(inner.slot_member(*slot));
+        }
+        let mut conn = inner.conn.clone();
+        if let Err(err) = inner.run(invocation.invoke_async::<i64>(&mut conn)).await {
+            tracing::debug!(error = %err, "connection slots not renewed");
+        }
+        // Even after an error: the script may have run after our time limit.
+        let released: Vec<u64> = {
+            let local = inner.slots.lock();
+            slots
+                .into_iter()
+                .filter(|slot| !local.contains_key(slot))
+                .collect()
+        };
+        for slot in released {
+            if let Err(err) = inner.remove_slot(&user, slot).await {
+                tracing::debug!(error = %err, "a renewed slot of a closed connection not taken back");
+            }
         }
     }
 }
@@ -1247,6 +1364,8 @@ mod tests {
             assert!(key.starts_with("hablar:{general}:"), "{key}");
         }
         assert_eq!(keys.user(&user), "hablar:user:a:b}{");
+        // Its own namespace: no profile key `user:{id}` can be a user's connection set.
+        assert_eq!(keys.connections(&user), "hablar:connections:a:b}{");
         assert_eq!(keys.chat_of_channel(&keys.channel(&chat)), Some(chat));
         assert_eq!(keys.chat_of_channel("other:{general}:events"), None);
     }
@@ -1422,6 +1541,77 @@ mod tests {
         let bob = user("bob");
         let joined = backend.presence_join(&chat, &bob).await.expect("join");
         assert_eq!(joined.online, vec![bob]);
+    }
+
+    /// A crash gives nothing back: the slots of an instance that stops renewing them
+    /// run out within one lease (`--redis-presence-ttl-ms`), as documented, and not before.
+    #[tokio::test]
+    async fn a_crashed_instances_connection_slots_run_out_within_a_lease() {
+        let redis = TestRedis::start().await;
+        let lease = Duration::from_millis(400);
+        let opts = RedisOptions {
+            presence_ttl_ms: 400,
+            ..RedisOptions::default()
+        };
+        let url = redis.url();
+        let connect = || RedisBackend::connect(&url, Arc::new(Discard), 100, opts.clone());
+        let crashed = connect().await.expect("connect");
+        let other = connect().await.expect("connect");
+        let local = Arc::new(ConnectionCounter::default());
+        let alice = UserId::new("alice").expect("user");
+        for _ in 0..2 {
+            let slot = crashed
+                .acquire_connection(&local, &alice, 2)
+                .await
+                .expect("acquire")
+                .expect("below the limit");
+            // Never given back, as in a crash.
+            std::mem::forget(slot);
+        }
+        // The heartbeat keeps them past their first lease while the instance lives.
+        tokio::time::sleep(lease * 2).await;
+        assert!(
+            other
+                .acquire_connection(&local, &alice, 2)
+                .await
+                .expect("acquire")
+                .is_none(),
+            "two slots taken on another instance fill the limit"
+        );
+        // The crash: the heartbeat stops, nothing is released.
+        drop(crashed);
+        let crashed_at = tokio::time::Instant::now();
+        let slot = loop {
+            if let Some(slot) = other
+                .acquire_connection(&local, &alice, 2)
+                .await
+                .expect("acquire")
+            {
+                break slot;
+            }
+            assert!(
+                crashed_at.elapsed() < lease + Duration::from_millis(300),
+                "the crashed instance's slots outlived their lease"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // Given back at once when released.
+        let second = other
+            .acquire_connection(&local, &alice, 2)
+            .await
+            .expect("acquire");
+        assert!(second.is_some(), "both crashed slots ran out");
+        assert!(other
+            .acquire_connection(&local, &alice, 2)
+            .await
+            .expect("acquire")
+            .is_none());
+        slot.release().await;
+        assert!(other
+            .acquire_connection(&local, &alice, 2)
+            .await
+            .expect("acquire")
+            .is_some());
     }
 
     /// What the beat is for still holds: it renews the leases of users still connected,
