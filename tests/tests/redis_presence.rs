@@ -21,9 +21,8 @@ const SLACK: Duration = Duration::from_millis(400);
 
 fn short_lease(config: &mut Config) {
     config.redis.presence_ttl_ms = LEASE_MS;
-    // Longer than the stall: a heartbeat sent during it gets its answer after it, as it
-    // does in production (where a stall of a lease is far below the 2 s timeout only if
-    // the lease is short), so the instances act on what their scripts found.
+    // Longer than the stall, so that a heartbeat sent during it is answered after it and
+    // its instance acts on what the script found: such an answer carried the false leave.
     config.redis.timeout_ms = 5_000;
 }
 

@@ -24,7 +24,7 @@
 //!
 //! The key schema is in [`Keys`] and documented in `notes/README-redis.md`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -1305,7 +1305,7 @@ async fn beat(inner: &Inner, chat: &ChatId, users: Vec<PresenceUser>) {
             tracing::debug!(%chat, error = %err, "presence leave of an expired lease not sent");
         }
     }
-    let back: std::collections::HashSet<&str> = back.chunks_exact(2).map(|pair| pair[0].as_str()).collect();
+    let back: HashSet<&str> = back.chunks_exact(2).map(|pair| pair[0].as_str()).collect();
     for user in users {
         let written_back = back.contains(user.user_id.as_str());
         let key = (chat.clone(), user.user_id);
@@ -1544,7 +1544,7 @@ mod tests {
     }
 
     /// A crash gives nothing back: the slots of an instance that stops renewing them
-    /// run out within one lease (`--redis-presence-ttl-ms`), as documented, and not before.
+    /// run out within one lease (`--redis-presence-ttl-ms`), as documented.
     #[tokio::test]
     async fn a_crashed_instances_connection_slots_run_out_within_a_lease() {
         let redis = TestRedis::start().await;
@@ -1595,7 +1595,6 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        // Given back at once when released.
         let second = other
             .acquire_connection(&local, &alice, 2)
             .await
@@ -1606,6 +1605,7 @@ mod tests {
             .await
             .expect("acquire")
             .is_none());
+        // Given back at once when released.
         slot.release().await;
         assert!(other
             .acquire_connection(&local, &alice, 2)
