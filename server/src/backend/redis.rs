@@ -1232,29 +1232,35 @@ async fn renew_slots(inner: &Inner) {
     for (slot, user) in inner.slots.lock().iter() {
         by_user.entry(user.clone()).or_default().push(*slot);
     }
-    let ttl = inner.opts.presence_ttl_ms.max(3);
     for (user, slots) in by_user {
-        let mut invocation = inner.scripts.connection_renew.prepare_invoke();
-        invocation.key(inner.keys.connections(&user)).arg(ttl);
-        for slot in &slots {
-            invocation.arg(inner.slot_member(*slot));
-        }
-        let mut conn = inner.conn.clone();
-        if let Err(err) = inner.run(invocation.invoke_async::<i64>(&mut conn)).await {
-            tracing::debug!(error = %err, "connection slots not renewed");
-        }
-        // Even after an error: the script may have run after our time limit.
-        let released: Vec<u64> = {
-            let local = inner.slots.lock();
-            slots
-                .into_iter()
-                .filter(|slot| !local.contains_key(slot))
-                .collect()
-        };
-        for slot in released {
-            if let Err(err) = inner.remove_slot(&user, slot).await {
-                tracing::debug!(error = %err, "a renewed slot of a closed connection not taken back");
-            }
+        renew_user_slots(inner, &user, slots).await;
+    }
+}
+
+/// Renews `slots` of `user`: this instance's, as they were when the renewal started.
+async fn renew_user_slots(inner: &Inner, user: &UserId, slots: Vec<u64>) {
+    let mut invocation = inner.scripts.connection_renew.prepare_invoke();
+    invocation
+        .key(inner.keys.connections(user))
+        .arg(inner.opts.presence_ttl_ms.max(3));
+    for slot in &slots {
+        invocation.arg(inner.slot_member(*slot));
+    }
+    let mut conn = inner.conn.clone();
+    if let Err(err) = inner.run(invocation.invoke_async::<i64>(&mut conn)).await {
+        tracing::debug!(error = %err, "connection slots not renewed");
+    }
+    // Even after an error: the script may have run after our time limit.
+    let released: Vec<u64> = {
+        let local = inner.slots.lock();
+        slots
+            .into_iter()
+            .filter(|slot| !local.contains_key(slot))
+            .collect()
+    };
+    for slot in released {
+        if let Err(err) = inner.remove_slot(user, slot).await {
+            tracing::debug!(error = %err, "a renewed slot of a closed connection not taken back");
         }
     }
 }
@@ -1609,6 +1615,38 @@ mod tests {
         slot.release().await;
         assert!(other
             .acquire_connection(&local, &alice, 2)
+            .await
+            .expect("acquire")
+            .is_some());
+    }
+
+    /// The race of a close with a renewal that had already taken its snapshot: the
+    /// renewal writes back a missing entry, so without taking it back the closed
+    /// connection would count against the user's limit for a whole lease.
+    #[tokio::test]
+    async fn a_renewal_that_saw_a_slot_before_it_was_released_does_not_bring_it_back() {
+        use redis::AsyncCommands;
+        let redis = TestRedis::start().await;
+        let backend = backend_without_heartbeat(&redis).await;
+        let local = Arc::new(ConnectionCounter::default());
+        let alice = UserId::new("alice").expect("user");
+        let slot = backend
+            .acquire_connection(&local, &alice, 1)
+            .await
+            .expect("acquire")
+            .expect("below the limit");
+        // What the heartbeat holds when the renewal starts.
+        let snapshot: Vec<u64> = backend.inner.slots.lock().keys().copied().collect();
+        slot.release().await;
+        renew_user_slots(&backend.inner, &alice, snapshot).await;
+        let mut conn = backend.inner.conn.clone();
+        let left: Vec<String> = conn
+            .zrange(backend.inner.keys.connections(&alice), 0, -1)
+            .await
+            .expect("zrange");
+        assert!(left.is_empty(), "a released slot outlived its release: {left:?}");
+        assert!(backend
+            .acquire_connection(&local, &alice, 1)
             .await
             .expect("acquire")
             .is_some());
