@@ -134,7 +134,8 @@ pub struct Limits {
     /// Rate-limited events in a row after which the connection is closed with 1008.
     #[arg(long, env = "HABLAR_RATE_ABUSE_CLOSE_AFTER", default_value_t = 20)]
     pub rate_abuse_close_after: u32,
-    /// Open connections one user may have on this instance; more close with 4429.
+    /// Open connections one user may have (on all instances together with the Redis
+    /// backend); more close with 4429.
     #[arg(long, env = "HABLAR_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
     pub max_connections_per_user: usize,
     /// Handshakes per second one user may make on average; more close with 4429.

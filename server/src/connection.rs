@@ -23,8 +23,8 @@ use hablar_protocol::{names, ChatId, ClientId, CloseCode, Epoch, ErrorCode, Seq}
 use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 
-use crate::backend::{ChatEvent, NewMessage, Replay};
-use crate::limits::{ConnectionSlot, RateDecision, RateLimiter};
+use crate::backend::{ChatEvent, ConnectionSlot, NewMessage, Replay};
+use crate::limits::{RateDecision, RateLimiter};
 use crate::outbox::{Next, Outbound, Outbox};
 use crate::peer::PeerSlot;
 use crate::rooms::{Closer, ConnHandle};
@@ -60,8 +60,8 @@ struct Admitted {
     chat: ChatId,
     /// The token's `exp`, when the connection is closed with 4401.
     exp: u64,
-    /// Gives the per-user connection slot back on drop.
-    _slot: ConnectionSlot,
+    /// The per-user connection slot: released once the socket is gone (or on drop).
+    slot: ConnectionSlot,
 }
 
 /// Per-connection state the reader keeps and the cleanup reads.
@@ -118,6 +118,7 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
         Err(err) => {
             tracing::error!(%chat, error = %err, "subscribe failed");
             app.metrics.connections.fetch_sub(1, Relaxed);
+            admitted.slot.release().await;
             return finish(
                 &app,
                 &mut sink,
@@ -164,6 +165,8 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
     // The socket is gone: the gauge says so before the chat hears of it, so that whoever
     // sees the presence_leave below also sees the connection counted out.
     app.metrics.connections.fetch_sub(1, Relaxed);
+    // Free for the client's reconnect, on any instance, before the cleanup's round trips.
+    admitted.slot.release().await;
     // Whether it was typing is lost with a failed task: a stray typing_stop is harmless,
     // a missing one leaves "is typing" up on base-layer frontends.
     let typing = session.as_ref().is_none_or(|session| session.typing);
@@ -318,7 +321,8 @@ async fn drive(
     }
 }
 
-/// Token, chat, membership and the per-user limit, in that order.
+/// Token, chat, membership, then the per-user limit last, so that no later failure of
+/// the admission holds a slot.
 async fn admit(app: &AppState, chat: &str, token: Option<&str>) -> Result<Admitted, CloseCode> {
     let token = token.filter(|t| !t.is_empty()).ok_or(CloseCode::Unauthorized)?;
     let claims = app.verifier.verify(token, unix_now()).map_err(|err| {
@@ -344,10 +348,6 @@ async fn admit(app: &AppState, chat: &str, token: Option<&str>) -> Result<Admitt
     {
         return Err(CloseCode::Forbidden);
     }
-    let slot = app
-        .connections
-        .try_acquire(&claims.user_id, app.config.limits.max_connections_per_user)
-        .ok_or(CloseCode::TooMany)?;
     let username = match backend
         .display_name(&claims.user_id)
         .await
@@ -359,6 +359,12 @@ async fn admit(app: &AppState, chat: &str, token: Option<&str>) -> Result<Admitt
         Some(name) => name,
         None => claims.fallback_name(),
     };
+    let max = app.config.limits.max_connections_per_user;
+    let slot = backend
+        .acquire_connection(&app.connections, &claims.user_id, max)
+        .await
+        .map_err(server_error)?
+        .ok_or(CloseCode::TooMany)?;
     Ok(Admitted {
         me: PresenceUser {
             user_id: claims.user_id,
@@ -366,7 +372,7 @@ async fn admit(app: &AppState, chat: &str, token: Option<&str>) -> Result<Admitt
         },
         chat,
         exp: claims.exp,
-        _slot: slot,
+        slot,
     })
 }
 

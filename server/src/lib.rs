@@ -70,7 +70,8 @@ pub struct AppState {
     pub origins: OriginPolicy,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// Open connections per user.
+    /// Open connections per user on this instance, for a backend that does not count them
+    /// across instances itself ([`Backend::acquire_connection`]).
     pub connections: Arc<ConnectionCounter>,
     /// Handshakes per user.
     pub connect_rate: ConnectRate,

@@ -9,14 +9,19 @@
 pub mod memory;
 pub mod redis;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use futures_util::future::BoxFuture;
 use hablar_protocol::events::{Extra, HistoryPage, Message, PresenceUser, ServerEvent};
 use hablar_protocol::{ChatId, ClientId, Epoch, Seq, UserId};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 pub use memory::MemoryBackend;
 
 use crate::error::Result;
+use crate::limits::{self, ConnectionCounter};
 
 /// An event published to every instance that has subscribed to a chat.
 ///
@@ -105,6 +110,58 @@ pub struct PresenceJoined {
     pub online: Vec<PresenceUser>,
 }
 
+/// How a [`ConnectionSlot`] is given back: what must happen at once runs when it is
+/// called, what waits for the store is the future it returns.
+type GiveBack = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
+/// One open connection counted against its user's limit (`--max-connections-per-user`).
+///
+/// [`ConnectionSlot::release`] gives it back and waits until the store has it, so that
+/// the user's next connection, on any instance, finds it free. A slot dropped without
+/// it (a failed task) is given back in the background; where even that cannot reach
+/// the store, a backend shared by instances lets it run out with its lease.
+pub struct ConnectionSlot {
+    /// `None` once given back.
+    give_back: Mutex<Option<GiveBack>>,
+}
+
+impl ConnectionSlot {
+    /// A slot that `give_back` returns to where it was taken from.
+    pub fn new(give_back: impl FnOnce() -> BoxFuture<'static, ()> + Send + 'static) -> Self {
+        Self {
+            give_back: Mutex::new(Some(Box::new(give_back))),
+        }
+    }
+
+    /// A slot of this instance's own count.
+    pub fn local(counted: limits::ConnectionSlot) -> Self {
+        Self::new(move || {
+            drop(counted);
+            Box::pin(async {})
+        })
+    }
+
+    /// Gives the slot back, once; later calls do nothing.
+    pub async fn release(&self) {
+        let give_back = self.give_back.lock().take();
+        if let Some(give_back) = give_back {
+            give_back().await;
+        }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Some(give_back) = self.give_back.get_mut().take() {
+            let pending = give_back();
+            // Never panic in drop: without a runtime, the lease runs out instead.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(pending);
+            }
+        }
+    }
+}
+
 /// The store and broker.
 ///
 /// Rules every implementation keeps (the integration tests check them per backend):
@@ -174,4 +231,16 @@ pub trait Backend: Send + Sync + 'static {
     async fn presence_join(&self, chat: &ChatId, user: &PresenceUser) -> Result<PresenceJoined>;
     /// Counts one connection less; `true` if it was the user's last one in the chat.
     async fn presence_leave(&self, chat: &ChatId, user: &UserId) -> Result<bool>;
+
+    /// Takes one of `user`'s connection slots if they have fewer than `max` open on every
+    /// instance that shares this store; `None` at the limit. The default counts this
+    /// instance's connections only, in `local`: right for a backend of one instance.
+    async fn acquire_connection(
+        &self,
+        local: &Arc<ConnectionCounter>,
+        user: &UserId,
+        max: usize,
+    ) -> Result<Option<ConnectionSlot>> {
+        Ok(local.try_acquire(user, max).map(ConnectionSlot::local))
+    }
 }

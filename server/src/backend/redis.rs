@@ -21,12 +21,18 @@
 //!   pipelined round trip, and closes non-members with 4403.
 //! - Presence is a sorted set per chat of `{instance}:{user}` scored by lease expiry,
 //!   renewed by a heartbeat; a crashed instance's users expire, and the instance whose
-//!   heartbeat removes them announces `presence_leave`.
+//!   heartbeat removes them announces `presence_leave`. After a Redis stall nobody's
+//!   lease is removed until every instance had a beat to renew its own, and a lease that
+//!   was removed from a user still connected is written back with a `presence_join`.
+//! - Connection slots (`--max-connections-per-user`) are a sorted set per user of
+//!   `{instance}:{slot}` scored by lease expiry, taken by one script below the limit and
+//!   renewed by the same heartbeat, so that the limit holds across instances.
 //!
 //! The key schema is in [`Keys`] and documented in `notes/README-redis.md`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash as _, Hasher as _};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,8 +48,9 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
-use super::{Appended, Backend, ChatEvent, EventSink, NewMessage, PresenceJoined, Replay};
+use super::{Appended, Backend, ChatEvent, ConnectionSlot, EventSink, NewMessage, PresenceJoined, Replay};
 use crate::error::{Error, Result};
+use crate::limits::ConnectionCounter;
 
 /// The Redis backend's settings (flags, each also from the environment).
 #[derive(Debug, Clone, clap::Args)]
@@ -187,6 +194,16 @@ impl Keys {
     pub fn presence_names(&self, chat: &ChatId) -> String {
         self.chat(chat, "presence:names")
     }
+    /// Hash with `last` (the last heartbeat of any instance in the chat) and `hold`
+    /// (no lease is removed before it), Unix ms on the Redis clock.
+    pub fn presence_beat(&self, chat: &ChatId) -> String {
+        self.chat(chat, "presence:beat")
+    }
+    /// Sorted set of `{instance}:{slot}` scored by lease expiry: a user's open
+    /// connections on every instance. (No chat: a user's limit spans chats.)
+    pub fn connections(&self, user: &UserId) -> String {
+        format!("{}:connections:{}", self.prefix, user.as_str())
+    }
     /// Hash with `display_name`: a user's profile.
     pub fn user(&self, user: &UserId) -> String {
         format!("{}:user:{}", self.prefix, user.as_str())
@@ -221,6 +238,8 @@ struct Scripts {
     presence_leave: Script,
     presence_beat: Script,
     remove_member: Script,
+    connection_acquire: Script,
+    connection_renew: Script,
 }
 
 impl Scripts {
@@ -232,6 +251,8 @@ impl Scripts {
             presence_leave: Script::new(include_str!("redis/presence_leave.lua")),
             presence_beat: Script::new(include_str!("redis/presence_beat.lua")),
             remove_member: Script::new(include_str!("redis/remove_member.lua")),
+            connection_acquire: Script::new(include_str!("redis/connection_acquire.lua")),
+            connection_renew: Script::new(include_str!("redis/connection_renew.lua")),
         }
     }
 }
@@ -279,6 +300,12 @@ struct Inner {
     /// leave's ZREM never overtakes a later join's ZADD of the same entry (a script may be
     /// sent twice: EVALSHA, then EVAL on NOSCRIPT). Striped: see [`Inner::presence_order`].
     presence_order: Box<[tokio::sync::Mutex<()>]>,
+    /// This instance's connection slots by id, with their user: the heartbeat renews
+    /// their leases. A slot leaves this map before its entry leaves Redis, so that a
+    /// renewal on its way is taken back (see [`renew_slots`]).
+    slots: Mutex<HashMap<u64, UserId>>,
+    /// The id of the next connection slot.
+    next_slot: AtomicU64,
     /// Pre-built halves of a `new_message` [`ChatEvent`] around the message JSON.
     event_prefix: String,
     event_suffix: String,
@@ -440,6 +467,8 @@ impl RedisBackend {
             presence_order: (0..PRESENCE_ORDER_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            slots: Mutex::default(),
+            next_slot: AtomicU64::new(0),
             event_prefix,
             event_suffix,
             opts,
@@ -475,6 +504,18 @@ impl Inner {
         let mut conn = self.conn.clone();
         let last: i64 = self.run(invocation.invoke_async(&mut conn)).await?;
         Ok(last == 1)
+    }
+
+    /// The entry of this instance's connection slot `slot` in its user's set.
+    fn slot_member(&self, slot: u64) -> String {
+        format!("{}:{slot}", self.instance)
+    }
+
+    /// Takes this instance's connection slot `slot` of `user` out of Redis.
+    async fn remove_slot(&self, user: &UserId, slot: u64) -> Result<()> {
+        let mut conn = self.conn.clone();
+        self.run(conn.zrem(self.keys.connections(user), self.slot_member(slot)))
+            .await
     }
 
     fn timeout(&self) -> Duration {
@@ -908,6 +949,52 @@ impl Backend for RedisBackend {
         // On failure the lease runs out and another instance's heartbeat announces it.
         inner.remove_lease(chat, user).await
     }
+
+    /// Counts across instances: see `connection_acquire.lua`. The slot's lease is the
+    /// presence lease, renewed by the same heartbeat.
+    async fn acquire_connection(
+        &self,
+        _local: &Arc<ConnectionCounter>,
+        user: &UserId,
+        max: usize,
+    ) -> Result<Option<ConnectionSlot>> {
+        let inner = &self.inner;
+        let slot = inner.next_slot.fetch_add(1, Ordering::Relaxed);
+        let mut invocation = inner.scripts.connection_acquire.prepare_invoke();
+        invocation
+            .key(inner.keys.connections(user))
+            .arg(inner.slot_member(slot))
+            .arg(max)
+            .arg(inner.opts.presence_ttl_ms.max(3));
+        let mut conn = inner.conn.clone();
+        let taken: i64 = match inner.run(invocation.invoke_async(&mut conn)).await {
+            Ok(taken) => taken,
+            Err(err) => {
+                // The script may have run all the same, after our time limit: take the
+                // slot back rather than let it count for a whole lease.
+                let (inner, user) = (inner.clone(), user.clone());
+                tokio::spawn(async move {
+                    let _ = inner.remove_slot(&user, slot).await;
+                });
+                return Err(err);
+            }
+        };
+        if taken != 1 {
+            return Ok(None);
+        }
+        // Renewed from the next heartbeat on; the lease just written lasts until then.
+        inner.slots.lock().insert(slot, user.clone());
+        let (inner, user) = (inner.clone(), user.clone());
+        Ok(Some(ConnectionSlot::new(move || {
+            // First out of the renewals, then out of Redis: see `renew_slots`.
+            inner.slots.lock().remove(&slot);
+            Box::pin(async move {
+                if let Err(err) = inner.remove_slot(&user, slot).await {
+                    tracing::debug!(error = %err, "a connection slot not given back runs out with its lease");
+                }
+            })
+        })))
+    }
 }
 
 /// Owns the pub/sub connection: connects, (re)subscribes the chats with local
@@ -1202,13 +1289,15 @@ async fn check_members(inner: &Inner) {
     }
 }
 
-/// Renews this instance's presence leases and announces users whose leases expired.
+/// Renews this instance's presence leases and connection slots, and announces users
+/// whose leases expired.
 async fn heartbeat(inner: Arc<Inner>) {
     let ttl = inner.opts.presence_ttl_ms.max(3);
     let mut tick = tokio::time::interval(Duration::from_millis(ttl / 3));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        renew_slots(&inner).await;
         let mut by_chat: HashMap<ChatId, Vec<PresenceUser>> = HashMap::new();
         for ((chat, _), local) in inner.presence.lock().iter() {
             by_chat.entry(chat.clone()).or_default().push(local.user.clone());
@@ -1219,9 +1308,52 @@ async fn heartbeat(inner: Arc<Inner>) {
     }
 }
 
+/// Renews the leases of this instance's connection slots, one user's at a time, and
+/// takes back any slot given back while its renewal was on its way (the renewal writes
+/// back a missing entry, so it could have outlived the release by a whole lease).
+async fn renew_slots(inner: &Inner) {
+    let mut by_user: HashMap<UserId, Vec<u64>> = HashMap::new();
+    for (slot, user) in inner.slots.lock().iter() {
+        by_user.entry(user.clone()).or_default().push(*slot);
+    }
+    for (user, slots) in by_user {
+        renew_user_slots(inner, &user, slots).await;
+    }
+}
+
+/// Renews `slots` of `user`: this instance's, as they were when the renewal started.
+async fn renew_user_slots(inner: &Inner, user: &UserId, slots: Vec<u64>) {
+    let mut invocation = inner.scripts.connection_renew.prepare_invoke();
+    invocation
+        .key(inner.keys.connections(user))
+        .arg(inner.opts.presence_ttl_ms.max(3));
+    for slot in &slots {
+        invocation.arg(inner.slot_member(*slot));
+    }
+    let mut conn = inner.conn.clone();
+    if let Err(err) = inner.run(invocation.invoke_async::<i64>(&mut conn)).await {
+        tracing::debug!(error = %err, "connection slots not renewed");
+    }
+    // Even after an error: the script may have run after our time limit.
+    let released: Vec<u64> = {
+        let local = inner.slots.lock();
+        slots
+            .into_iter()
+            .filter(|slot| !local.contains_key(slot))
+            .collect()
+    };
+    for slot in released {
+        if let Err(err) = inner.remove_slot(user, slot).await {
+            tracing::debug!(error = %err, "a renewed slot of a closed connection not taken back");
+        }
+    }
+}
+
 /// One chat's heartbeat: renews the leases of `users` (this instance's, as they were when
 /// the beat started), announces the users of any instance whose last lease expired, then
-/// takes back the lease of anyone who left while the beat was on its way.
+/// announces again the users here whose lease had to be written back after another
+/// instance removed it, and takes back the lease of anyone who left while the beat was on
+/// its way.
 ///
 /// The beat re-adds a lease that is missing (Redis may have lost it), so a user whose
 /// `presence_leave` ran between the snapshot and the script came back as a ghost: shown
@@ -1232,6 +1364,7 @@ async fn beat(inner: &Inner, chat: &ChatId, users: Vec<PresenceUser>) {
     invocation
         .key(inner.keys.presence(chat))
         .key(inner.keys.presence_names(chat))
+        .key(inner.keys.presence_beat(chat))
         .arg(ttl);
     for user in &users {
         invocation
@@ -1240,8 +1373,8 @@ async fn beat(inner: &Inner, chat: &ChatId, users: Vec<PresenceUser>) {
             .arg(&user.username);
     }
     let mut conn = inner.conn.clone();
-    let gone: Vec<String> = match inner.run(invocation.invoke_async(&mut conn)).await {
-        Ok(gone) => gone,
+    let (gone, back): (Vec<String>, Vec<String>) = match inner.run(invocation.invoke_async(&mut conn)).await {
+        Ok(reply) => reply,
         Err(err) => {
             tracing::debug!(%chat, error = %err, "presence heartbeat failed");
             return;
@@ -1262,20 +1395,37 @@ async fn beat(inner: &Inner, chat: &ChatId, users: Vec<PresenceUser>) {
             tracing::debug!(%chat, error = %err, "presence leave of an expired lease not sent");
         }
     }
+    let back: HashSet<&str> = back.chunks_exact(2).map(|pair| pair[0].as_str()).collect();
     for user in users {
+        let written_back = back.contains(user.user_id.as_str());
         let key = (chat.clone(), user.user_id);
-        if inner.presence.lock().contains_key(&key) {
+        if !written_back && inner.presence.lock().contains_key(&key) {
             continue;
         }
         // Ordered with this user's joins and leaves, and checked again under the lock: a
-        // user who came back meanwhile keeps the lease the join wrote.
+        // user who came back meanwhile keeps the lease the join wrote, and a user who
+        // leaves now is announced leaving after the join below, not before it.
         let _order = inner.presence_order(chat, &key.1).lock().await;
-        if inner.presence.lock().contains_key(&key) {
-            continue;
-        }
-        // Their leave was announced already; this only takes the renewed lease back out.
-        if let Err(err) = inner.remove_lease(chat, &key.1).await {
-            tracing::debug!(%chat, error = %err, "a lease renewed after its leave was not taken back");
+        let here = inner.presence.lock().get(&key).map(|local| local.user.clone());
+        match here {
+            Some(user) => {
+                // Another instance removed their lease (after a stall of this instance's
+                // link to Redis) and announced the leave, to their own tabs too; they are
+                // still connected here, so everyone is told they are back.
+                let event = ChatEvent::Broadcast {
+                    event: ServerEvent::PresenceJoin(user),
+                    skip_user: None,
+                };
+                if let Err(err) = inner.publish_event(chat, &event).await {
+                    tracing::debug!(%chat, error = %err, "presence join of a written-back lease not sent");
+                }
+            }
+            // Their leave was announced already; this only takes the renewed lease back out.
+            None => {
+                if let Err(err) = inner.remove_lease(chat, &key.1).await {
+                    tracing::debug!(%chat, error = %err, "a lease renewed after its leave was not taken back");
+                }
+            }
         }
     }
 }
@@ -1299,11 +1449,14 @@ mod tests {
             keys.idempotency(&chat),
             keys.presence(&chat),
             keys.presence_names(&chat),
+            keys.presence_beat(&chat),
         ] {
             assert!(key.starts_with("hablar:{general}:"), "{key}");
         }
         assert_eq!(Keys::idempotency_member(&user, &client), r#"["a:b}{","c:1"]"#);
         assert_eq!(keys.user(&user), "hablar:user:a:b}{");
+        // Its own namespace: no profile key `user:{id}` can be a user's connection set.
+        assert_eq!(keys.connections(&user), "hablar:connections:a:b}{");
         assert_eq!(keys.chat_of_channel(&keys.channel(&chat)), Some(chat));
         assert_eq!(keys.chat_of_channel("other:{general}:events"), None);
     }
@@ -1590,6 +1743,109 @@ mod tests {
             .expect("append");
         assert!(!fresh.duplicate, "past the retention a client_id is free again");
         assert_eq!(fresh.message.seq, Some(Seq(51)));
+    }
+
+    /// A crash gives nothing back: the slots of an instance that stops renewing them
+    /// run out within one lease (`--redis-presence-ttl-ms`), as documented.
+    #[tokio::test]
+    async fn a_crashed_instances_connection_slots_run_out_within_a_lease() {
+        let redis = TestRedis::start().await;
+        let lease = Duration::from_millis(400);
+        let opts = RedisOptions {
+            presence_ttl_ms: 400,
+            ..RedisOptions::default()
+        };
+        let url = redis.url();
+        let connect = || RedisBackend::connect(&url, Arc::new(Discard), 100, opts.clone());
+        let crashed = connect().await.expect("connect");
+        let other = connect().await.expect("connect");
+        let local = Arc::new(ConnectionCounter::default());
+        let alice = UserId::new("alice").expect("user");
+        for _ in 0..2 {
+            let slot = crashed
+                .acquire_connection(&local, &alice, 2)
+                .await
+                .expect("acquire")
+                .expect("below the limit");
+            // Never given back, as in a crash.
+            std::mem::forget(slot);
+        }
+        // The heartbeat keeps them past their first lease while the instance lives.
+        tokio::time::sleep(lease * 2).await;
+        assert!(
+            other
+                .acquire_connection(&local, &alice, 2)
+                .await
+                .expect("acquire")
+                .is_none(),
+            "two slots taken on another instance fill the limit"
+        );
+        // The crash: the heartbeat stops, nothing is released.
+        drop(crashed);
+        let crashed_at = tokio::time::Instant::now();
+        let slot = loop {
+            if let Some(slot) = other
+                .acquire_connection(&local, &alice, 2)
+                .await
+                .expect("acquire")
+            {
+                break slot;
+            }
+            assert!(
+                crashed_at.elapsed() < lease + Duration::from_millis(300),
+                "the crashed instance's slots outlived their lease"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let second = other
+            .acquire_connection(&local, &alice, 2)
+            .await
+            .expect("acquire");
+        assert!(second.is_some(), "both crashed slots ran out");
+        assert!(other
+            .acquire_connection(&local, &alice, 2)
+            .await
+            .expect("acquire")
+            .is_none());
+        // Given back at once when released.
+        slot.release().await;
+        assert!(other
+            .acquire_connection(&local, &alice, 2)
+            .await
+            .expect("acquire")
+            .is_some());
+    }
+
+    /// The race of a close with a renewal that had already taken its snapshot: the
+    /// renewal writes back a missing entry, so without taking it back the closed
+    /// connection would count against the user's limit for a whole lease.
+    #[tokio::test]
+    async fn a_renewal_that_saw_a_slot_before_it_was_released_does_not_bring_it_back() {
+        use redis::AsyncCommands;
+        let redis = TestRedis::start().await;
+        let backend = backend_without_heartbeat(&redis).await;
+        let local = Arc::new(ConnectionCounter::default());
+        let alice = UserId::new("alice").expect("user");
+        let slot = backend
+            .acquire_connection(&local, &alice, 1)
+            .await
+            .expect("acquire")
+            .expect("below the limit");
+        // What the heartbeat holds when the renewal starts.
+        let snapshot: Vec<u64> = backend.inner.slots.lock().keys().copied().collect();
+        slot.release().await;
+        renew_user_slots(&backend.inner, &alice, snapshot).await;
+        let mut conn = backend.inner.conn.clone();
+        let left: Vec<String> = conn
+            .zrange(backend.inner.keys.connections(&alice), 0, -1)
+            .await
+            .expect("zrange");
+        assert!(left.is_empty(), "a released slot outlived its release: {left:?}");
+        assert!(backend
+            .acquire_connection(&local, &alice, 1)
+            .await
+            .expect("acquire")
+            .is_some());
     }
 
     /// What the beat is for still holds: it renews the leases of users still connected,
