@@ -24,7 +24,7 @@ use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 
 use crate::backend::{ChatEvent, NewMessage, Replay};
-use crate::limits::{ConnectionSlot, RateDecision, RateLimiter};
+use crate::limits::{Budget, ConnectionSlot, FrameLimiter, RateDecision};
 use crate::outbox::{Next, Outbound, Outbox};
 use crate::rooms::{Closer, ConnHandle};
 use crate::AppState;
@@ -68,7 +68,8 @@ struct Session {
     /// Whether this connection's user is typing (a `typing_start` without a stop,
     /// message or close since), for the typing lease on close.
     typing: bool,
-    limiter: RateLimiter,
+    /// The message and typing budgets.
+    limiter: FrameLimiter,
     /// The backend calls of the client's frames.
     calls: Calls,
 }
@@ -131,12 +132,7 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
             outbox: outbox.clone(),
             session: Session {
                 typing: false,
-                limiter: RateLimiter::new(
-                    limits.rate_per_sec,
-                    limits.rate_burst,
-                    limits.rate_abuse_close_after,
-                    Instant::now(),
-                ),
+                limiter: FrameLimiter::new(limits, Instant::now()),
                 calls: Calls::default(),
             },
         },
@@ -593,18 +589,23 @@ async fn read_loop(
         match frame {
             WsMessage::Text(text) => {
                 app.metrics.messages_in.fetch_add(1, Relaxed);
-                match rate_limit(admitted, session, tx) {
+                let event = parse_client(text.as_str());
+                let budget = match event {
+                    Ok(ClientEvent::TypingStart | ClientEvent::TypingStop) => Budget::Typing,
+                    _ => Budget::Messages,
+                };
+                match rate_limit(admitted, session, tx, budget) {
                     Err(end) => return end,
                     Ok(false) => continue,
                     Ok(true) => {}
                 }
-                if let Some(op) = handle_text(app, admitted, session, tx, text.as_str()) {
+                if let Some(op) = handle_text(app, admitted, session, tx, text.as_str(), event) {
                     session.calls.push(op, app, admitted, tx);
                 }
             }
             WsMessage::Binary(_) => {
                 app.metrics.messages_in.fetch_add(1, Relaxed);
-                match rate_limit(admitted, session, tx) {
+                match rate_limit(admitted, session, tx, Budget::Messages) {
                     Err(end) => return end,
                     Ok(false) => continue,
                     Ok(true) => {}
@@ -635,12 +636,14 @@ fn read_error(err: &axum::Error) -> End {
     }
 }
 
-/// Takes a token from the connection's bucket: `Ok(true)` to handle the frame,
-/// `Ok(false)` when it is dropped (answered with `rate_limited`), `Err` to close for
-/// repeated abuse.
-fn rate_limit(admitted: &Admitted, session: &mut Session, tx: &Outbox) -> Result<bool, End> {
-    match session.limiter.check(Instant::now()) {
+/// Takes a token from the frame's budget: `Ok(true)` to handle the frame, `Ok(false)`
+/// when it is dropped, `Err` to close for repeated abuse.
+fn rate_limit(admitted: &Admitted, session: &mut Session, tx: &Outbox, budget: Budget) -> Result<bool, End> {
+    match session.limiter.check(budget, Instant::now()) {
         RateDecision::Allow => Ok(true),
+        // Typing over its budget is dropped without an answer: it is a lease that the
+        // next refresh repairs, and an answer to each frame would double a flood.
+        RateDecision::Limited if budget == Budget::Typing => Ok(false),
         RateDecision::Limited => {
             let detail = "too many events; slow down".into();
             reply_error(tx, ErrorCode::RateLimited, detail, None);
@@ -653,16 +656,17 @@ fn rate_limit(admitted: &Admitted, session: &mut Session, tx: &Outbox) -> Result
     }
 }
 
-/// Handles one (rate-checked) text frame: answers it directly, or returns the backend
-/// call it needs.
+/// Handles one (rate-checked) text frame, parsed as `event`: answers it directly, or
+/// returns the backend call it needs.
 fn handle_text(
     app: &AppState,
     admitted: &Admitted,
     session: &mut Session,
     tx: &Outbox,
     text: &str,
+    event: hablar_protocol::Result<ClientEvent>,
 ) -> Option<Op> {
-    let event = match parse_client(text) {
+    let event = match event {
         Ok(event) => event,
         Err(err) => {
             reply_error(tx, err.code(), err.to_string(), client_id_of(text));

@@ -16,10 +16,13 @@ use crate::{logs, Backend};
 /// The admin key every [`TestServer`] uses.
 pub const ADMIN_KEY: &str = "hablar-test-admin-key";
 
-/// Raises the per-connection rate limit out of the way, for tests that send bursts.
+/// Raises the per-connection rate limits (messages and typing) out of the way, for
+/// tests that send bursts.
 pub fn no_rate_limit(config: &mut Config) {
     config.limits.rate_per_sec = 10_000.0;
     config.limits.rate_burst = 10_000;
+    config.limits.typing_rate_per_sec = 10_000.0;
+    config.limits.typing_burst = 10_000;
 }
 
 /// A running server; stopped (gracefully) by [`TestServer::shutdown`] or on drop.

@@ -8,3 +8,4 @@ mod http;
 mod lifecycle;
 mod limits;
 mod membership;
+mod typing_budget;
