@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -59,6 +60,9 @@ struct Admitted {
     chat: ChatId,
     /// The token's `exp`, when the connection is closed with 4401.
     exp: u64,
+    /// Whether `presence_join` succeeded: only then does the cleanup leave presence (a
+    /// leave without a join would take another tab's presence away).
+    present: AtomicBool,
     /// Gives the per-user connection slot back on drop.
     _slot: ConnectionSlot,
 }
@@ -349,6 +353,7 @@ async fn admit(app: &AppState, chat: &str, token: Option<&str>) -> Result<Admitt
         },
         chat,
         exp: claims.exp,
+        present: AtomicBool::new(false),
         _slot: slot,
     })
 }
@@ -380,6 +385,7 @@ async fn start(
         .presence_join(chat, &admitted.me)
         .await
         .map_err(server_error)?;
+    admitted.present.store(true, Relaxed);
     if joined.first {
         let event = ChatEvent::Broadcast {
             event: ServerEvent::PresenceJoin(admitted.me.clone()),
@@ -891,13 +897,19 @@ async fn cleanup(app: &AppState, admitted: &Admitted, conn_id: u64, typing: bool
     let chat = &admitted.chat;
     let backend = &app.backend;
     app.rooms.leave(&**backend, chat, conn_id).await;
-    let last = match backend.presence_leave(chat, &admitted.me.user_id).await {
-        Ok(last) => last,
-        Err(err) => {
-            tracing::error!(%chat, error = %err, "presence leave failed");
-            // The typing lease below still ends, even if presence could not be told.
-            false
+    // Only a presence this connection took is given back: a refused start (a backend
+    // error in presence_join, say) must not take the user's other tabs offline.
+    let last = if admitted.present.load(Relaxed) {
+        match backend.presence_leave(chat, &admitted.me.user_id).await {
+            Ok(last) => last,
+            Err(err) => {
+                tracing::error!(%chat, error = %err, "presence leave failed");
+                // The typing lease below still ends, even if presence could not be told.
+                false
+            }
         }
+    } else {
+        false
     };
     let me = &admitted.me;
     let mut events = Vec::with_capacity(2);
