@@ -948,12 +948,34 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// When a token with `exp` stops being valid, as a tokio instant.
+/// When a token with `exp` stops being valid, as a tokio instant. Any `exp` and leeway
+/// the verifier accepted is served (the issuer signed it): one too far off for the
+/// clocks is clamped, never a panic.
 fn deadline(exp: u64, leeway: u64) -> tokio::time::Instant {
-    let valid_until = UNIX_EPOCH + Duration::from_secs(exp.saturating_add(leeway));
-    let left = valid_until
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
     // A far-future `exp` must not overflow the timer.
-    tokio::time::Instant::now() + left.min(Duration::from_secs(10 * 365 * 24 * 3600))
+    const FAR: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+    let left = match UNIX_EPOCH.checked_add(Duration::from_secs(exp.saturating_add(leeway))) {
+        Some(valid_until) => valid_until
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+        None => FAR,
+    };
+    tokio::time::Instant::now() + left.min(FAR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_deadline_never_panics_and_is_clamped() {
+        let now = tokio::time::Instant::now();
+        let far = now + Duration::from_secs(9 * 365 * 24 * 3600);
+        for (exp, leeway) in [(1 << 63, 0), (u64::MAX, 0), (u64::MAX, u64::MAX), (1, u64::MAX)] {
+            assert!(deadline(exp, leeway) > far, "exp {exp} leeway {leeway}");
+        }
+        assert!(deadline(0, 0) <= tokio::time::Instant::now(), "long expired");
+        let in_an_hour = deadline(unix_now() + 3600, 0);
+        assert!(in_an_hour > now + Duration::from_secs(3590) && in_an_hour < now + Duration::from_secs(3610));
+    }
 }

@@ -191,6 +191,23 @@ impl TestServer {
             .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
     }
 
+    /// Waits until the metric line `name` reads `value`, polling; fails the test with the
+    /// last value read if it does not within `within`.
+    pub async fn wait_metric(&self, name: &str, value: f64, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let now = self.metric(name).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} is {now}, not {value}, after {within:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Shuts down gracefully and waits for `serve` to return.
     pub async fn shutdown(mut self) -> hablar_server::Result<()> {
         if let Some(stop) = self.stop.take() {

@@ -8,4 +8,5 @@ mod http;
 mod lifecycle;
 mod limits;
 mod membership;
+mod token_dates;
 mod typing_budget;
