@@ -8,5 +8,6 @@ mod http;
 mod lifecycle;
 mod limits;
 mod membership;
+mod stuck_replay;
 mod token_dates;
 mod typing_budget;
