@@ -134,6 +134,13 @@ pub struct Limits {
     /// Rate-limited events in a row after which the connection is closed with 1008.
     #[arg(long, env = "HABLAR_RATE_ABUSE_CLOSE_AFTER", default_value_t = 20)]
     pub rate_abuse_close_after: u32,
+    /// Typing events a connection may send per second on average, a budget apart from
+    /// the one above (the SDK sends one every 3 s at most while typing, and a stop).
+    #[arg(long, env = "HABLAR_TYPING_RATE_PER_SEC", default_value_t = 2.0)]
+    pub typing_rate_per_sec: f64,
+    /// Typing events a connection may send in a burst.
+    #[arg(long, env = "HABLAR_TYPING_BURST", default_value_t = 10)]
+    pub typing_burst: u32,
     /// Open connections one user may have (on all instances together with the Redis
     /// backend); more close with 4429.
     #[arg(long, env = "HABLAR_MAX_CONNECTIONS_PER_USER", default_value_t = 16)]
@@ -240,6 +247,8 @@ impl Config {
             || l.outbound_queue == 0
             || l.rate_burst == 0
             || l.rate_per_sec <= 0.0
+            || l.typing_burst == 0
+            || l.typing_rate_per_sec <= 0.0
             || l.connect_burst == 0
             || l.connect_rate_per_sec <= 0.0
             || l.failed_handshake_rate_per_sec <= 0.0

@@ -1,13 +1,16 @@
-//! One WebSocket connection: admission (token, chat, membership, per-user limit), the
-//! `ready` + replay, then a reader task and a writer task (split socket) raced in one
-//! `select!` with the close signals (hub, shutdown, token expiry), the close handshake on
-//! the halves they hand back, and the cleanup after (the backend calls the client's last
-//! frames still need, presence, typing lease). The reader pipelines its backend calls
-//! (`Calls`); the writer drains the connection's [`Outbox`].
+//! One WebSocket connection: admission (token, chat, membership, per-user limit),
+//! presence and the replay, then a reader task and a writer task (split socket) raced in
+//! one `select!` with the close signals (hub, shutdown, token expiry), the close
+//! handshake, and the cleanup after (the backend calls the client's last frames still
+//! need, presence, typing lease). The reader pipelines its backend calls (`Calls`); the
+//! writer writes `ready` and the replay as its first batch, then drains the connection's
+//! [`Outbox`], each batch within a deadline. The socket's halves sit in locks that a dying
+//! task lets go of, so that whatever task fails, the socket is still closed with 1011.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -21,10 +24,11 @@ use hablar_protocol::events::{
 };
 use hablar_protocol::{names, ChatId, ClientId, CloseCode, Epoch, ErrorCode, Seq};
 use serde::Deserialize;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Mutex as AsyncMutex};
+use tokio::task::{JoinError, JoinHandle};
 
 use crate::backend::{ChatEvent, ConnectionSlot, NewMessage, Replay};
-use crate::limits::{RateDecision, RateLimiter};
+use crate::limits::{Budget, FrameLimiter, RateDecision};
 use crate::outbox::{Next, Outbound, Outbox};
 use crate::peer::PeerSlot;
 use crate::rooms::{Closer, ConnHandle};
@@ -60,6 +64,9 @@ struct Admitted {
     chat: ChatId,
     /// The token's `exp`, when the connection is closed with 4401.
     exp: u64,
+    /// Whether `presence_join` succeeded: only then does the cleanup leave presence (a
+    /// leave without a join would take another tab's presence away).
+    present: AtomicBool,
     /// The per-user connection slot: released once the socket is gone (or on drop).
     slot: ConnectionSlot,
 }
@@ -69,7 +76,8 @@ struct Session {
     /// Whether this connection's user is typing (a `typing_start` without a stop,
     /// message or close since), for the typing lease on close.
     typing: bool,
-    limiter: RateLimiter,
+    /// The message and typing budgets.
+    limiter: FrameLimiter,
     /// The backend calls of the client's frames.
     calls: Calls,
 }
@@ -132,22 +140,20 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
 
     // The session runs in a task of its own so that the cleanup below runs whether it
     // returns or panics: a panic must not leave the user online and in the hub forever.
-    let session = tokio::spawn(live(
+    let socket = Socket {
+        sink: Arc::new(AsyncMutex::new(sink)),
+        stream: Arc::new(AsyncMutex::new(stream)),
+    };
+    let session = Owned::spawn(live(
         app.clone(),
         admitted.clone(),
         query,
         Halves {
-            sink,
-            stream,
+            socket: socket.clone(),
             outbox: outbox.clone(),
             session: Session {
                 typing: false,
-                limiter: RateLimiter::new(
-                    limits.rate_per_sec,
-                    limits.rate_burst,
-                    limits.rate_abuse_close_after,
-                    Instant::now(),
-                ),
+                limiter: FrameLimiter::new(limits, Instant::now()),
                 calls: Calls::default(),
             },
         },
@@ -156,9 +162,9 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
     let (end, session) = match session.await {
         Ok(ended) => ended,
         Err(err) => {
-            // The socket went with the task, so no close frame: dropping it closes TCP.
             tracing::error!(%chat, user = %user, error = %err, "connection task failed");
-            app.metrics.close(CloseCode::ServerError);
+            // Its reader and writer were aborted with it and let go of the socket.
+            close_after_failure(&app, &socket).await;
             (End::Close(CloseCode::ServerError), None)
         }
     };
@@ -179,8 +185,68 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
     tracing::info!(%chat, user = %user, end = ?end, "disconnected");
 }
 
-/// The admitted connection from presence, replay and `ready` to its close. Returns how
-/// it ended and the reader's state (`None` if its task failed).
+/// A spawned task that is aborted when this handle is dropped: a connection's tasks never
+/// outlive the task that owns them (a panic there would otherwise leave the reader and
+/// the writer holding a socket nobody closes).
+struct Owned<T>(JoinHandle<T>);
+
+impl<T: Send + 'static> Owned<T> {
+    fn spawn(task: impl Future<Output = T> + Send + 'static) -> Self {
+        Self(tokio::spawn(task))
+    }
+}
+
+impl<T> Future for Owned<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The socket's halves, each held by the task using it. A task that ends, panics or is
+/// aborted lets go of its half, so that the close frame can still be sent.
+#[derive(Clone)]
+struct Socket {
+    sink: Arc<AsyncMutex<SplitSink<WebSocket, WsMessage>>>,
+    stream: Arc<AsyncMutex<SplitStream<WebSocket>>>,
+}
+
+impl Socket {
+    /// Sends the close frame and waits for the reply (see [`finish`]), once both halves
+    /// are free.
+    async fn finish(&self, app: &AppState, end: End, flush_first: Option<(&Outbox, Seq)>) {
+        let mut sink = self.sink.lock().await;
+        let mut stream = self.stream.lock().await;
+        finish(app, &mut sink, &mut stream, end, flush_first).await;
+    }
+}
+
+/// Closes with 1011 the socket of a session whose task died. Its reader and writer are
+/// aborted, which frees the halves at their next turn on the runtime; if they are not
+/// free within a second the socket is left to be dropped (TCP closes without a frame).
+async fn close_after_failure(app: &AppState, socket: &Socket) {
+    let server_error = End::Close(CloseCode::ServerError);
+    let closed = tokio::time::timeout(Duration::from_secs(1), async {
+        let sink = socket.sink.clone().lock_owned().await;
+        let stream = socket.stream.clone().lock_owned().await;
+        (sink, stream)
+    })
+    .await;
+    match closed {
+        Ok((mut sink, mut stream)) => finish(app, &mut sink, &mut stream, server_error, None).await,
+        Err(_) => app.metrics.close(CloseCode::ServerError),
+    }
+}
+
+/// The admitted connection from presence and replay to its close. Returns how it ended
+/// and the reader's state (`None` if its task failed).
 async fn live(
     app: Arc<AppState>,
     admitted: Arc<Admitted>,
@@ -188,77 +254,82 @@ async fn live(
     halves: Halves,
     close_rx: watch::Receiver<Option<CloseCode>>,
 ) -> (End, Option<Session>) {
-    let Halves {
-        mut sink,
-        mut stream,
-        outbox,
-        session,
-    } = halves;
-    match start(&app, &admitted, &query, &mut sink).await {
+    match start(&app, &admitted, &query).await {
         Err(end) => {
-            finish(&app, &mut sink, &mut stream, end, None).await;
-            (end, Some(session))
+            halves.socket.finish(&app, end, None).await;
+            (end, Some(halves.session))
         }
-        Ok(delivered) => {
-            let halves = Halves {
-                sink,
-                stream,
-                outbox,
-                session,
-            };
-            drive(&app, &admitted, halves, close_rx, delivered).await
-        }
+        Ok(started) => drive(&app, &admitted, halves, close_rx, started).await,
     }
 }
 
-/// A connection's socket halves and queue, and the reader's state.
+/// A connection's socket, its queue, and the reader's state.
 struct Halves {
-    sink: SplitSink<WebSocket, WsMessage>,
-    stream: SplitStream<WebSocket>,
+    socket: Socket,
     /// What the hub fans out to the connection and the reader's direct answers (errors,
     /// pongs, duplicate echoes); the writer's stop and ping signals.
     outbox: Arc<Outbox>,
     session: Session,
 }
 
+/// Why the writer returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wrote {
+    /// Told to stop between batches: everything it was handed is written.
+    Told,
+    /// Told to stop in the middle of a batch, whose rest is lost: nothing queued after
+    /// it may be written (that would leave the client a gap; it resumes with `since`).
+    Cut,
+    /// The connection ends (the client is too slow, or gone).
+    End(End),
+}
+
 /// Runs the reader and the writer as two tasks until one ends or the connection is told
-/// to close (hub, shutdown, token expiry), gets both halves back and closes. Returns how
-/// the connection ended and the reader's state (`None` if the reader's task failed).
+/// to close (hub, shutdown, token expiry), then closes. The writer starts with `ready`
+/// and the replay, so these signals hold during the replay too. Returns how the
+/// connection ended and the reader's state (`None` if the reader's task failed).
 async fn drive(
     app: &Arc<AppState>,
     admitted: &Arc<Admitted>,
     halves: Halves,
     mut close_rx: watch::Receiver<Option<CloseCode>>,
-    delivered: Seq,
+    started: Started,
 ) -> (End, Option<Session>) {
     let Halves {
-        mut sink,
-        mut stream,
+        socket,
         outbox,
         mut session,
     } = halves;
-    // Before the reader starts: the echo of a resend may go out up to here.
+    let Started { delivered, frames } = started;
+    // Before the reader starts: the echo of a resend may go out up to here, as it is
+    // queued behind the replay.
     outbox.replayed_up_to(delivered);
-    // Each task stops at once when told and hands its half back, so that the close
+    // Each task stops at once when told and lets go of its half, so that the close
     // frame can be written and the client's reply read.
     let (stop_reader, reader_stopped) = oneshot::channel::<()>();
-    let mut reader = tokio::spawn({
+    let mut reader = Owned::spawn({
         let (app, admitted, outbox) = (app.clone(), admitted.clone(), outbox.clone());
+        let stream = socket.stream.clone();
         async move {
+            let mut stream = stream.lock_owned().await;
             let end = tokio::select! {
                 end = read_loop(&app, &admitted, &mut stream, &mut session, &outbox) => Some(end),
                 _ = reader_stopped => None,
             };
-            (end, stream, session)
+            (end, session)
         }
     });
-    let mut writer = tokio::spawn({
+    let mut writer = Owned::spawn({
         let outbox = outbox.clone();
+        let sink = socket.sink.clone();
+        // A client that does not take a batch in this time is too slow, replay or not.
+        let deadline = app.config.limits.idle_timeout();
         async move {
-            let end = write_loop(&mut sink, &outbox, delivered).await;
+            let mut sink = sink.lock_owned().await;
+            let wrote = write_loop(&mut sink, &outbox, delivered, frames, deadline).await;
             // Nothing pushed from now on would be written.
             outbox.close();
-            (end, sink)
+            wrote
         }
     });
 
@@ -277,13 +348,16 @@ async fn drive(
         tokio::select! {
             out = &mut reader => {
                 let out = out.ok();
-                let end = out.as_ref().and_then(|(end, ..)| *end).unwrap_or(server_error);
+                let end = out.as_ref().and_then(|(end, _)| *end).unwrap_or(server_error);
                 reader_out = Some(out);
                 break end;
             }
             out = &mut writer => {
                 let out = out.ok();
-                let end = out.as_ref().and_then(|(end, _)| *end).unwrap_or(server_error);
+                let end = match out {
+                    Some(Wrote::End(end)) => end,
+                    _ => server_error,
+                };
                 writer_out = Some(out);
                 break end;
             }
@@ -305,20 +379,19 @@ async fn drive(
         Some(out) => out,
         None => writer.await.ok(),
     };
-    match (reader_out, writer_out) {
-        (Some((_, mut stream, session)), Some((_, mut sink))) => {
-            // Graceful shutdown finishes what was queued before the 1012.
-            let flush_first = (end == End::Close(CloseCode::Restart)).then_some(&*outbox);
-            finish(app, &mut sink, &mut stream, end, flush_first).await;
-            (end, Some(session))
-        }
-        (reader_out, _) => {
-            // A task panicked and took its half with it; dropping the other closes TCP.
-            tracing::error!(chat = %admitted.chat, "connection task failed");
-            app.metrics.close(CloseCode::ServerError);
-            (server_error, reader_out.map(|(_, _, session)| session))
-        }
-    }
+    let end = if reader_out.is_none() || writer_out.is_none() {
+        // The failed task let go of its half with its stack: the socket still closes.
+        tracing::error!(chat = %admitted.chat, "connection task failed");
+        server_error
+    } else {
+        end
+    };
+    // Graceful shutdown finishes what was queued before the 1012, unless the writer was
+    // cut off in the middle of a batch.
+    let flush_first = (end == End::Close(CloseCode::Restart) && writer_out == Some(Wrote::Told))
+        .then_some((&*outbox, delivered));
+    socket.finish(app, end, flush_first).await;
+    (end, reader_out.map(|(_, session)| session))
 }
 
 /// Token, chat, membership, then the per-user limit last, so that no later failure of
@@ -372,18 +445,23 @@ async fn admit(app: &AppState, chat: &str, token: Option<&str>) -> Result<Admitt
         },
         chat,
         exp: claims.exp,
+        present: AtomicBool::new(false),
         slot,
     })
 }
 
-/// Presence, replay and `ready`: sends `ready` and the replayed messages, and returns
-/// the seq up to which live messages are already delivered.
-async fn start(
-    app: &AppState,
-    admitted: &Admitted,
-    query: &RawConnect,
-    sink: &mut SplitSink<WebSocket, WsMessage>,
-) -> Result<Seq, End> {
+/// What a connection starts with, for its writer.
+struct Started {
+    /// The seq up to which the replay delivers: live messages up to it are dropped.
+    delivered: Seq,
+    /// `ready`, then the replayed messages: the writer's first batch.
+    frames: VecDeque<Outbound>,
+}
+
+/// Presence and replay: returns `ready` and the replayed messages, encoded, and the seq
+/// up to which live messages are already delivered. Writes nothing: the writer does,
+/// while the close signals are watched.
+async fn start(app: &AppState, admitted: &Admitted, query: &RawConnect) -> Result<Started, End> {
     let backend = &app.backend;
     let chat = &admitted.chat;
     let server_error = |err: crate::Error| {
@@ -403,6 +481,7 @@ async fn start(
         .presence_join(chat, &admitted.me)
         .await
         .map_err(server_error)?;
+    admitted.present.store(true, Relaxed);
     if joined.first {
         let event = ChatEvent::Broadcast {
             event: ServerEvent::PresenceJoin(admitted.me.clone()),
@@ -444,18 +523,20 @@ async fn start(
         recovered,
         presence: joined.online,
     });
-    let send = async {
-        sink.feed(WsMessage::Text(encode(&ready).into())).await?;
-        for message in messages {
-            sink.feed(WsMessage::Text(
-                encode(&ServerEvent::NewMessage { message }).into(),
-            ))
-            .await?;
-        }
-        sink.flush().await
-    };
-    send.await.map_err(|_| End::Gone)?;
-    Ok(last_seq)
+    let mut frames = VecDeque::with_capacity(messages.len() + 1);
+    let ready = encode(&ready);
+    let messages = messages
+        .into_iter()
+        .map(|message| encode(&ServerEvent::NewMessage { message }));
+    // Without a seq: the writer's `delivered` filter is for the fan-out's copies.
+    frames.extend(std::iter::once(ready).chain(messages).map(|text| Outbound {
+        text: Utf8Bytes::from(text),
+        seq: None,
+    }));
+    Ok(Started {
+        delivered: last_seq,
+        frames,
+    })
 }
 
 /// Backend calls of one connection waiting for the one in flight, at most. Beyond it
@@ -612,18 +693,23 @@ async fn read_loop(
         match frame {
             WsMessage::Text(text) => {
                 app.metrics.messages_in.fetch_add(1, Relaxed);
-                match rate_limit(admitted, session, tx) {
+                let event = parse_client(text.as_str());
+                let budget = match event {
+                    Ok(ClientEvent::TypingStart | ClientEvent::TypingStop) => Budget::Typing,
+                    _ => Budget::Messages,
+                };
+                match rate_limit(admitted, session, tx, budget) {
                     Err(end) => return end,
                     Ok(false) => continue,
                     Ok(true) => {}
                 }
-                if let Some(op) = handle_text(app, admitted, session, tx, text.as_str()) {
+                if let Some(op) = handle_text(app, admitted, session, tx, text.as_str(), event) {
                     session.calls.push(op, app, admitted, tx);
                 }
             }
             WsMessage::Binary(_) => {
                 app.metrics.messages_in.fetch_add(1, Relaxed);
-                match rate_limit(admitted, session, tx) {
+                match rate_limit(admitted, session, tx, Budget::Messages) {
                     Err(end) => return end,
                     Ok(false) => continue,
                     Ok(true) => {}
@@ -654,12 +740,14 @@ fn read_error(err: &axum::Error) -> End {
     }
 }
 
-/// Takes a token from the connection's bucket: `Ok(true)` to handle the frame,
-/// `Ok(false)` when it is dropped (answered with `rate_limited`), `Err` to close for
-/// repeated abuse.
-fn rate_limit(admitted: &Admitted, session: &mut Session, tx: &Outbox) -> Result<bool, End> {
-    match session.limiter.check(Instant::now()) {
+/// Takes a token from the frame's budget: `Ok(true)` to handle the frame, `Ok(false)`
+/// when it is dropped, `Err` to close for repeated abuse.
+fn rate_limit(admitted: &Admitted, session: &mut Session, tx: &Outbox, budget: Budget) -> Result<bool, End> {
+    match session.limiter.check(budget, Instant::now()) {
         RateDecision::Allow => Ok(true),
+        // Typing over its budget is dropped without an answer: it is a lease that the
+        // next refresh repairs, and an answer to each frame would double a flood.
+        RateDecision::Limited if budget == Budget::Typing => Ok(false),
         RateDecision::Limited => {
             let detail = "too many events; slow down".into();
             reply_error(tx, ErrorCode::RateLimited, detail, None);
@@ -672,16 +760,17 @@ fn rate_limit(admitted: &Admitted, session: &mut Session, tx: &Outbox) -> Result
     }
 }
 
-/// Handles one (rate-checked) text frame: answers it directly, or returns the backend
-/// call it needs.
+/// Handles one (rate-checked) text frame, parsed as `event`: answers it directly, or
+/// returns the backend call it needs.
 fn handle_text(
     app: &AppState,
     admitted: &Admitted,
     session: &mut Session,
     tx: &Outbox,
     text: &str,
+    event: hablar_protocol::Result<ClientEvent>,
 ) -> Option<Op> {
-    let event = match parse_client(text) {
+    let event = match event {
         Ok(event) => event,
         Err(err) => {
             reply_error(tx, err.code(), err.to_string(), client_id_of(text));
@@ -821,19 +910,20 @@ fn reply_error(tx: &Outbox, code: ErrorCode, detail: String, client_id: Option<C
     );
 }
 
-/// Writes what the outbox hands over in batches (feed, then one flush), and the
-/// keep-alive pings it asks for. Returns `None` when told to stop.
+/// Writes `first` (`ready` and the replay), then what the outbox hands over, in batches
+/// (feed, then one flush), and the keep-alive pings it asks for. A batch not written
+/// within `deadline` ends the connection as too slow (4408): a client that stopped
+/// reading must not hold its task, its slot and its presence for ever.
 async fn write_loop(
     sink: &mut SplitSink<WebSocket, WsMessage>,
     outbox: &Outbox,
     delivered: Seq,
-) -> Option<End> {
-    let mut batch = VecDeque::new();
+    first: VecDeque<Outbound>,
+    deadline: Duration,
+) -> Wrote {
+    let mut batch = first;
+    let mut ping = false;
     loop {
-        let ping = match poll_fn(|cx| outbox.poll_next(cx, &mut batch)).await {
-            Next::Stop => return None,
-            Next::Write { ping } => ping,
-        };
         let write = async {
             if ping {
                 sink.feed(WsMessage::Ping(Default::default())).await?;
@@ -851,28 +941,39 @@ async fn write_loop(
         // get the socket back, to close it.
         let written = tokio::select! {
             biased;
-            written = write => written,
-            () = poll_fn(|cx| outbox.poll_stop(cx)) => return None,
+            written = tokio::time::timeout(deadline, write) => written,
+            () = poll_fn(|cx| outbox.poll_stop(cx)) => return Wrote::Cut,
         };
-        if written.is_err() {
-            return Some(End::Gone);
+        match written {
+            Err(_) => {
+                tracing::info!("a write did not complete in time: too slow");
+                return Wrote::End(End::Close(CloseCode::TooSlow));
+            }
+            Ok(Err(_)) => return Wrote::End(End::Gone),
+            Ok(Ok(())) => {}
         }
-        // A burst grew the batch; an idle connection should not keep that memory.
+        // A burst (or the replay) grew the batch; an idle connection should not keep
+        // that memory.
         batch.clear();
         if batch.capacity() > 64 {
             batch.shrink_to(16);
         }
+        ping = match poll_fn(|cx| outbox.poll_next(cx, &mut batch)).await {
+            Next::Stop => return Wrote::Told,
+            Next::Write { ping } => ping,
+        };
     }
 }
 
-/// Sends the close frame (after the queued frames when `flush_first`) and waits for the
+/// Sends the close frame (after the queued frames when `flush_first`, but for the
+/// messages up to the seq given with it, which the replay sent) and waits for the
 /// client's reply, within a time limit, and counts the close.
 async fn finish(
     app: &AppState,
     sink: &mut SplitSink<WebSocket, WsMessage>,
     stream: &mut SplitStream<WebSocket>,
     end: End,
-    flush_first: Option<&Outbox>,
+    flush_first: Option<(&Outbox, Seq)>,
 ) {
     let code = match end {
         End::Close(code) => code,
@@ -890,10 +991,13 @@ async fn finish(
     };
     app.metrics.close(code);
     let close = async {
-        if let Some(outbox) = flush_first {
+        if let Some((outbox, delivered)) = flush_first {
             let mut batch = VecDeque::new();
             outbox.take(&mut batch);
             for item in batch {
+                if item.seq.is_some_and(|seq| seq <= delivered) {
+                    continue;
+                }
                 sink.feed(WsMessage::Text(item.text)).await?;
             }
         }
@@ -920,13 +1024,19 @@ async fn cleanup(app: &AppState, admitted: &Admitted, conn_id: u64, typing: bool
     let chat = &admitted.chat;
     let backend = &app.backend;
     app.rooms.leave(&**backend, chat, conn_id).await;
-    let last = match backend.presence_leave(chat, &admitted.me.user_id).await {
-        Ok(last) => last,
-        Err(err) => {
-            tracing::error!(%chat, error = %err, "presence leave failed");
-            // The typing lease below still ends, even if presence could not be told.
-            false
+    // Only a presence this connection took is given back: a refused start (a backend
+    // error in presence_join, say) must not take the user's other tabs offline.
+    let last = if admitted.present.load(Relaxed) {
+        match backend.presence_leave(chat, &admitted.me.user_id).await {
+            Ok(last) => last,
+            Err(err) => {
+                tracing::error!(%chat, error = %err, "presence leave failed");
+                // The typing lease below still ends, even if presence could not be told.
+                false
+            }
         }
+    } else {
+        false
     };
     let me = &admitted.me;
     let mut events = Vec::with_capacity(2);
@@ -965,12 +1075,50 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// When a token with `exp` stops being valid, as a tokio instant.
+/// When a token with `exp` stops being valid, as a tokio instant. Any `exp` and leeway
+/// the verifier accepted is served (the issuer signed it): one too far off for the
+/// clocks is clamped, never a panic.
 fn deadline(exp: u64, leeway: u64) -> tokio::time::Instant {
-    let valid_until = UNIX_EPOCH + Duration::from_secs(exp.saturating_add(leeway));
-    let left = valid_until
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
     // A far-future `exp` must not overflow the timer.
-    tokio::time::Instant::now() + left.min(Duration::from_secs(10 * 365 * 24 * 3600))
+    const FAR: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+    let left = match UNIX_EPOCH.checked_add(Duration::from_secs(exp.saturating_add(leeway))) {
+        Some(valid_until) => valid_until
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+        None => FAR,
+    };
+    tokio::time::Instant::now() + left.min(FAR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_deadline_never_panics_and_is_clamped() {
+        let now = tokio::time::Instant::now();
+        let far = now + Duration::from_secs(9 * 365 * 24 * 3600);
+        for (exp, leeway) in [(1 << 63, 0), (u64::MAX, 0), (u64::MAX, u64::MAX), (1, u64::MAX)] {
+            assert!(deadline(exp, leeway) > far, "exp {exp} leeway {leeway}");
+        }
+        assert!(deadline(0, 0) <= tokio::time::Instant::now(), "long expired");
+        let in_an_hour = deadline(unix_now() + 3600, 0);
+        assert!(in_an_hour > now + Duration::from_secs(3590) && in_an_hour < now + Duration::from_secs(3610));
+    }
+
+    #[tokio::test]
+    async fn an_owned_task_is_aborted_when_its_owner_goes() {
+        let (held, released) = oneshot::channel::<()>();
+        let task = Owned::spawn(async move {
+            // Holds `held` until aborted.
+            let _held = held;
+            std::future::pending::<()>().await;
+        });
+        drop(task);
+        let released = tokio::time::timeout(Duration::from_secs(5), released).await;
+        assert!(
+            matches!(released, Ok(Err(_))),
+            "the task was aborted and dropped what it held"
+        );
+    }
 }

@@ -1,7 +1,7 @@
-//! Limits that protect the server from one client: a per-connection token bucket with
-//! a strike count for repeated abuse, token buckets per key (handshakes and history
-//! requests per user, failed handshakes per address), and a per-user connection counter.
-//! Sans-I/O: time is passed in.
+//! Limits that protect the server from one client: per-connection token buckets (one
+//! for messages and other frames, one for typing) with a strike count for repeated
+//! abuse, token buckets per key (handshakes and history requests per user, failed
+//! handshakes per address), and a per-user connection counter. Sans-I/O: time is passed in.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -89,6 +89,58 @@ impl RateLimiter {
     pub fn is_full(&self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens + elapsed * self.rate >= self.burst
+    }
+}
+
+/// What a client frame is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// Messages and every other frame (pings, read receipts, frames that do not parse).
+    Messages,
+    /// `typing_start` and `typing_stop`.
+    Typing,
+}
+
+/// A connection's two budgets, so that typing never uses up the sender's messages and
+/// a burst of messages never silences typing.
+#[derive(Debug, Clone)]
+pub struct FrameLimiter {
+    messages: RateLimiter,
+    typing: RateLimiter,
+}
+
+impl FrameLimiter {
+    /// Typing frames over the budget in a row that close the connection, as a multiple
+    /// of the messages' `--rate-abuse-close-after`: over-budget typing is dropped for
+    /// free, so only an absurd flood (hundreds a second) is closed.
+    pub const TYPING_ABUSE_FACTOR: u32 = 10;
+
+    /// Full buckets at `now`, sized by `limits`.
+    pub fn new(limits: &crate::Limits, now: Instant) -> Self {
+        Self {
+            messages: RateLimiter::new(
+                limits.rate_per_sec,
+                limits.rate_burst,
+                limits.rate_abuse_close_after,
+                now,
+            ),
+            typing: RateLimiter::new(
+                limits.typing_rate_per_sec,
+                limits.typing_burst,
+                limits
+                    .rate_abuse_close_after
+                    .saturating_mul(Self::TYPING_ABUSE_FACTOR),
+                now,
+            ),
+        }
+    }
+
+    /// Takes one token from `budget` for a frame arriving at `now`.
+    pub fn check(&mut self, budget: Budget, now: Instant) -> RateDecision {
+        match budget {
+            Budget::Messages => self.messages.check(now),
+            Budget::Typing => self.typing.check(now),
+        }
     }
 }
 
@@ -311,6 +363,41 @@ mod tests {
         assert_eq!(limiter.check(now), RateDecision::Limited);
         assert_eq!(limiter.check(now), RateDecision::Limited);
         assert_eq!(limiter.check(now), RateDecision::Close);
+    }
+
+    #[test]
+    fn typing_and_messages_have_budgets_of_their_own() {
+        let now = Instant::now();
+        let limits = crate::Limits {
+            rate_per_sec: 1.0,
+            rate_burst: 2,
+            rate_abuse_close_after: 3,
+            typing_rate_per_sec: 1.0,
+            typing_burst: 2,
+            ..crate::Limits::default()
+        };
+        let mut limiter = FrameLimiter::new(&limits, now);
+        for _ in 0..2 {
+            assert_eq!(limiter.check(Budget::Typing, now), RateDecision::Allow);
+        }
+        // A typing flood: limited, and closed only far beyond the messages' threshold.
+        for _ in 0..(3 * FrameLimiter::TYPING_ABUSE_FACTOR - 1) {
+            assert_eq!(limiter.check(Budget::Typing, now), RateDecision::Limited);
+        }
+        assert_eq!(limiter.check(Budget::Typing, now), RateDecision::Close);
+        // Messages still have their whole budget, and using it up leaves typing alone.
+        let mut limiter = FrameLimiter::new(&limits, now);
+        for _ in 0..2 {
+            assert_eq!(limiter.check(Budget::Messages, now), RateDecision::Allow);
+        }
+        assert_eq!(limiter.check(Budget::Messages, now), RateDecision::Limited);
+        assert_eq!(limiter.check(Budget::Typing, now), RateDecision::Allow);
+        assert_eq!(limiter.check(Budget::Messages, now), RateDecision::Limited);
+        assert_eq!(
+            limiter.check(Budget::Messages, now),
+            RateDecision::Close,
+            "typing between does not reset the messages' strikes"
+        );
     }
 
     #[test]

@@ -16,10 +16,13 @@ use crate::{logs, Backend};
 /// The admin key every [`TestServer`] uses.
 pub const ADMIN_KEY: &str = "hablar-test-admin-key";
 
-/// Raises the per-connection rate limit out of the way, for tests that send bursts.
+/// Raises the per-connection rate limits (messages and typing) out of the way, for
+/// tests that send bursts.
 pub fn no_rate_limit(config: &mut Config) {
     config.limits.rate_per_sec = 10_000.0;
     config.limits.rate_burst = 10_000;
+    config.limits.typing_rate_per_sec = 10_000.0;
+    config.limits.typing_burst = 10_000;
 }
 
 /// A running server; stopped (gracefully) by [`TestServer::shutdown`] or on drop.
@@ -198,6 +201,23 @@ impl TestServer {
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
+    }
+
+    /// Waits until the metric line `name` reads `value`, polling; fails the test with the
+    /// last value read if it does not within `within`.
+    pub async fn wait_metric(&self, name: &str, value: f64, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let now = self.metric(name).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} is {now}, not {value}, after {within:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// Shuts down gracefully and waits for `serve` to return.

@@ -1,10 +1,13 @@
-//! A connection task that panics still cleans up after itself: the user goes offline
-//! (presence_leave), and the connection gauge and hub forget the connection.
+//! A connection task that panics still cleans up after itself: the socket is closed with
+//! 1011 (not left open but dead), the user goes offline (presence_leave), and the
+//! connection gauge and hub forget the connection.
 //!
 //! The server is assembled from its public parts ([`AppState`], [`http::router`]) around
 //! a backend that panics in `replay` for one `since`, as `since=u64::MAX` once did
-//! (an overflow in debug builds), so nothing in the server exists for this test.
+//! (an overflow in debug builds), and in `publish` of a `typing_start` (a panic after
+//! `ready`, in the reader's task), so nothing in the server exists for this test.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +33,12 @@ use tokio::sync::{mpsc, watch};
 /// `since` at which `replay` panics.
 const POISON: Seq = Seq(666);
 
-/// The memory backend, except that `replay` from [`POISON`] panics.
-struct PanicsOnReplay(MemoryBackend);
+/// The memory backend, except that `replay` from [`POISON`] panics, and so does
+/// publishing a `typing_start`.
+struct Panicky(MemoryBackend);
 
 #[async_trait]
-impl Backend for PanicsOnReplay {
+impl Backend for Panicky {
     async fn create_chat(&self, chat: &ChatId) -> Result<bool> {
         self.0.create_chat(chat).await
     }
@@ -73,6 +77,13 @@ impl Backend for PanicsOnReplay {
         self.0.replay(chat, since, epoch, max).await
     }
     async fn publish(&self, chat: &ChatId, event: ChatEvent) -> Result<()> {
+        if let ChatEvent::Broadcast {
+            event: ServerEvent::TypingStart { .. },
+            ..
+        } = &event
+        {
+            panic!("a bug in the backend");
+        }
         self.0.publish(chat, event).await
     }
     async fn subscribe(&self, chat: &ChatId) -> Result<()> {
@@ -89,19 +100,26 @@ impl Backend for PanicsOnReplay {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_connection_still_leaves_presence_and_the_hub() {
+/// A server on a [`Panicky`] backend with chat `room` of alice and bob.
+struct Served {
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    /// Shuts the server down when sent `true` or dropped: kept for the test's length.
+    _stop: watch::Sender<bool>,
+}
+
+async fn serve_panicky() -> Served {
     let config = Config::defaults();
     let metrics = Arc::new(Metrics::default());
     let rooms = Arc::new(Rooms::new(metrics.clone()));
-    let backend = PanicsOnReplay(MemoryBackend::new(rooms.clone(), 100));
+    let backend = Panicky(MemoryBackend::new(rooms.clone(), 100));
     let chat = ChatId::new("room").expect("chat id");
     backend.create_chat(&chat).await.expect("create");
     for user in ["alice", "bob"] {
         let user = UserId::new(user).expect("user id");
         backend.add_member(&chat, &user).await.expect("add");
     }
-    let (_stop, shutdown) = watch::channel(false);
+    let (stop, shutdown) = watch::channel(false);
     let (tracker, _all_closed) = mpsc::channel(1);
     let app = Arc::new(AppState {
         verifier: Verifier::new(tokens::SECRET.as_bytes(), 0),
@@ -120,8 +138,21 @@ async fn a_panicking_connection_still_leaves_presence_and_the_hub() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, http::router(app, false)).await });
-    let url =
-        |user: &str, extra: &str| format!("ws://{addr}/ws/chat/room/?token={}{extra}", tokens::token(user));
+    Served {
+        addr,
+        metrics,
+        _stop: stop,
+    }
+}
+
+fn url(addr: SocketAddr, user: &str, extra: &str) -> String {
+    format!("ws://{addr}/ws/chat/room/?token={}{extra}", tokens::token(user))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_connection_still_leaves_presence_and_the_hub() {
+    let Served { addr, metrics, _stop } = serve_panicky().await;
+    let url = |user: &str, extra: &str| url(addr, user, extra);
 
     let mut alice = Client::connect(&url("alice", "")).await.expect("connect");
     alice.ready().await;
@@ -132,12 +163,9 @@ async fn a_panicking_connection_still_leaves_presence_and_the_hub() {
         .recv_until(|e| matches!(e, ServerEvent::PresenceJoin(_)))
         .await;
     assert!(matches!(joined, ServerEvent::PresenceJoin(u) if u.user_id.as_str() == "bob"));
-    // bob's connection task panics on its replay; its socket goes with it.
+    // bob's connection task panics on its replay; its socket is still closed.
     let frame = bob.next_frame(Duration::from_secs(5)).await;
-    assert!(
-        matches!(frame, Some(Frame::Close(_))),
-        "bob's socket closes: {frame:?}"
-    );
+    assert_eq!(frame, Some(Frame::Close(1011)), "bob's socket closes as failed");
     let left = alice
         .recv_until(|e| matches!(e, ServerEvent::PresenceLeave(_)))
         .await;
@@ -152,4 +180,43 @@ async fn a_panicking_connection_still_leaves_presence_and_the_hub() {
     let ready = bob.ready().await;
     let online: Vec<&str> = ready.presence.iter().map(|p| p.user_id.as_str()).collect();
     assert_eq!(online, ["alice", "bob"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_panics_after_ready_closes_the_socket_with_1011_and_cleans_up() {
+    let Served { addr, metrics, _stop } = serve_panicky().await;
+    let mut bob = Client::connect(&url(addr, "bob", "")).await.expect("connect");
+    bob.ready().await;
+    let mut alice = Client::connect(&url(addr, "alice", "")).await.expect("connect");
+    alice.ready().await;
+    bob.recv_until(|e| matches!(e, ServerEvent::PresenceJoin(_)))
+        .await;
+    assert_eq!(metrics.connections.load(Relaxed), 2);
+
+    // The reader's task panics in the backend's publish.
+    alice
+        .send_json(&serde_json::json!({"type": "typing_start"}))
+        .await;
+    let frame = alice.next_frame(Duration::from_secs(5)).await;
+    assert_eq!(
+        frame,
+        Some(Frame::Close(1011)),
+        "alice's socket is closed, as failed"
+    );
+    let left = bob
+        .recv_until(|e| matches!(e, ServerEvent::PresenceLeave(_)))
+        .await;
+    assert!(
+        matches!(&left, ServerEvent::PresenceLeave(u) if u.user_id.as_str() == "alice"),
+        "alice is not left online: {left:?}"
+    );
+    assert_eq!(metrics.connections.load(Relaxed), 1, "only bob is connected");
+
+    // alice can come back and is served.
+    let mut alice = Client::connect(&url(addr, "alice", "")).await.expect("connect");
+    alice.ready().await;
+    alice
+        .send_json(&serde_json::json!({"type": "ping", "id": 1}))
+        .await;
+    assert!(matches!(alice.recv_event().await, ServerEvent::Pong { .. }));
 }

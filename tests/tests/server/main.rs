@@ -10,3 +10,6 @@ mod limits;
 mod membership;
 mod names;
 mod passthrough;
+mod stuck_replay;
+mod token_dates;
+mod typing_budget;
