@@ -1,12 +1,14 @@
 //! The server-frame target: the real server (`hablar_server::serve` through the tests'
 //! `TestServer`, memory backend, rate limits out of the way), started once per fuzz
 //! process, and one WebSocket connection to it. Each input goes out as one frame followed
-//! by a `ping`; its `pong` must come back, or the connection must close with an allowed
+//! by a `ping`; its `pong` must come back, and a `new_message` must be answered (stored
+//! and echoed, or refused with an `error`), or the connection must close with an allowed
 //! code (after which the target connects again). A panic anywhere, a server task's
 //! included, aborts the process, so libFuzzer reports it as a crash.
 
 use std::sync::{Mutex, OnceLock, PoisonError};
 
+use hablar_protocol::events::{parse_client, ClientEvent};
 use hablar_tests::client::{Frame, TIMEOUT};
 use hablar_tests::{Backend, Client, TestServer};
 use serde_json::json;
@@ -67,8 +69,9 @@ impl Harness {
         }
     }
 
-    /// Sends `frame`, then a ping, and waits for that ping's pong or an allowed close.
-    fn exchange(&mut self, frame: Message) {
+    /// Sends `frame`, then a ping, and waits for that ping's pong (and, for a
+    /// `new_message`, its echo or `error`), or for an allowed close.
+    fn exchange(&mut self, frame: Message, new_message: bool) {
         self.next_ping += 1;
         let id = self.next_ping;
         let ping = Message::text(json!({ "type": "ping", "id": id }).to_string());
@@ -76,10 +79,18 @@ impl Harness {
             // A send fails only when the server has closed; the read below says how.
             let _ = self.client.send(frame).await;
             let _ = self.client.send(ping).await;
+            let mut ponged = false;
+            // One input at a time, so an echo or error seen now answers this frame.
+            let mut answered = !new_message;
             loop {
                 match self.client.next_frame(TIMEOUT).await {
                     Some(Frame::Json(event)) => {
-                        if event["type"] == "pong" && event["id"] == id {
+                        match event["type"].as_str() {
+                            Some("pong") if event["id"] == id => ponged = true,
+                            Some("new_message" | "error") => answered = true,
+                            _ => {}
+                        }
+                        if ponged && answered {
                             return;
                         }
                     }
@@ -90,6 +101,9 @@ impl Harness {
                         );
                         self.client = self.server.join(CHAT, USER).await;
                         return;
+                    }
+                    None if ponged => {
+                        panic!("a new_message was neither echoed nor refused within {TIMEOUT:?}")
                     }
                     None => panic!("no pong within {TIMEOUT:?}: the connection is dead"),
                 }
@@ -114,9 +128,11 @@ pub fn check(data: &[u8]) {
     static HARNESS: OnceLock<Mutex<Harness>> = OnceLock::new();
     let harness = HARNESS.get_or_init(|| Mutex::new(Harness::start()));
     let mut harness = harness.lock().unwrap_or_else(PoisonError::into_inner);
-    let frame = match std::str::from_utf8(data) {
-        Ok(text) => Message::text(text),
-        Err(_) => Message::binary(data.to_vec()),
-    };
-    harness.exchange(frame);
+    match std::str::from_utf8(data) {
+        Ok(text) => {
+            let new_message = matches!(parse_client(text), Ok(ClientEvent::NewMessage { .. }));
+            harness.exchange(Message::text(text), new_message);
+        }
+        Err(_) => harness.exchange(Message::binary(data.to_vec()), false),
+    }
 }
