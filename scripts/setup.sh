@@ -3,7 +3,7 @@
 # seconds. Safe to run on a fresh machine of this kind (Debian, root, registries only).
 #
 #   scripts/setup.sh           everything (Rust targets and tools, Debian packages, npm)
-#   scripts/setup.sh --demo    only what the demo needs (no browser, no Redis)
+#   scripts/setup.sh --demo    only what the demo needs (no browser, no Redis, no fuzzer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -23,6 +23,12 @@ if ! command -v wasm-pack >/dev/null; then
   cargo install --locked wasm-pack
 fi
 
+# cargo-fuzz drives the fuzz targets in fuzz/ (scripts/test.sh runs them on stable Rust).
+if ! $demo_only && ! cargo fuzz --version >/dev/null 2>&1; then
+  say "installing cargo-fuzz (about a minute, once)"
+  cargo install --locked cargo-fuzz --version "^0.13"
+fi
+
 # Debian packages: the browser and its driver for the browser tests, Redis for the
 # Redis backend's tests, binaryen for wasm-opt (wasm-pack finds /usr/bin/wasm-opt).
 apt_missing=()
@@ -31,6 +37,8 @@ if ! $demo_only; then
   command -v chromium >/dev/null || apt_missing+=(chromium)
   command -v chromedriver >/dev/null || apt_missing+=(chromium-driver)
   command -v redis-server >/dev/null || apt_missing+=(redis-server)
+  # libfuzzer-sys builds libFuzzer from its C++ source.
+  command -v c++ >/dev/null || apt_missing+=(g++)
 fi
 if ((${#apt_missing[@]})); then
   say "installing Debian packages: ${apt_missing[*]}"

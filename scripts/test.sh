@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of Hablar: formatting and lints (native and wasm32), the native tests
 # of every crate (protocol golden tests, server integration tests on real sockets, the
-# SDK's decision logic), the SDK in headless Chromium against a real server, the package
-# size budget, and the browser end-to-end and Django Channels compatibility tests.
+# SDK's decision logic), bounded runs of the fuzz targets, the SDK in headless Chromium
+# against a real server, the package size budget, and the browser end-to-end and Django
+# Channels compatibility tests.
 # Installs what is missing first (scripts/setup.sh). Every service a test needs is started
 # by that test or its script on a free port and stopped after.
 #
@@ -41,10 +42,45 @@ wasm_clippy() {
     cargo clippy --target wasm32-unknown-unknown -p hablar-client --all-targets -- -D warnings
 }
 
-stage "cargo fmt --check" cargo fmt --all -- --check
+# The fuzz crate is a workspace of its own (fuzz/Cargo.toml says why); it is formatted
+# here with the rest, and linted and built in its own stage below.
+fmt_check() {
+  cargo fmt --all -- --check && cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+}
+
+# fuzz_run TARGET RUNS: a bounded, seeded run of one fuzz target from its committed
+# corpus. New inputs go to a temporary directory, so the corpus only changes by hand.
+# Prints libFuzzer's last line, or everything but its progress lines on a failure (the
+# panic, its backtrace, the failing input and how to reproduce it).
+fuzz_run() {
+  local target=$1 runs=$2 new log status=0
+  new=$(mktemp -d)
+  log=$(mktemp)
+  cargo fuzz run --sanitizer none --dev --target-dir "$fuzz_target_dir" "$target" \
+    "$new" "fuzz/corpus/$target" -- -runs="$runs" -seed=1 >"$log" 2>&1 || status=$?
+  if ((status)); then grep -vE '^#[0-9]+ ' "$log"; else tail -n 1 "$log"; fi
+  rm -rf "$new" "$log"
+  return "$status"
+}
+
+# The fuzz targets (fuzz/README.md): cargo-fuzz on stable Rust, so without a sanitizer
+# (they need nightly), and a debug build: debug assertions and overflow checks on, and
+# half the build time of an optimised one. Shares the workspace's target directory, so
+# the lints reuse what the clippy stage checked (the instrumented build is kept apart
+# under the target triple).
+fuzz() {
+  fuzz_target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+  cargo clippy --manifest-path fuzz/Cargo.toml --target-dir "$fuzz_target_dir" --all-targets -- -D warnings &&
+    cargo fuzz build --sanitizer none --dev --target-dir "$fuzz_target_dir" &&
+    fuzz_run client_frame 20000 &&
+    fuzz_run server_frame 4000
+}
+
+stage "cargo fmt --check" fmt_check
 stage "clippy (native)" cargo clippy --workspace --all-targets -- -D warnings
 stage "clippy (wasm32)" wasm_clippy
 stage "native tests" cargo test --workspace
+stage "fuzz: client frames and the server's frame handling, bounded runs" fuzz
 stage "SDK in headless Chromium" client/scripts/browser-test.sh
 stage "SDK package size" client/scripts/size.sh
 django() {
