@@ -2,15 +2,17 @@
 //! panic, and what they accept must keep the promises PROTOCOL.md makes about it.
 
 use hablar_protocol::events::{
-    encode, parse_client, parse_server, ClientEvent, ClientMessage, Message, MessageParts, Sender,
-    ServerEvent, SERVER_OWNED_FIELDS,
+    encode, parse_client, parse_server, ClientEvent, ClientMessage, Message, MessageLimits, MessageParts,
+    Sender, ServerEvent, SERVER_OWNED_FIELDS,
 };
+use hablar_protocol::passthrough;
 use hablar_protocol::{limits, ChatId, MessageId, Result, Seq, UserId};
+use serde_json::Value;
 
 /// Splits a parsed message as the server does. The one place the fuzz targets call
 /// `into_parts`, so that a change to its parameters (more limits) is made here only.
 pub fn into_parts(message: ClientMessage) -> Result<MessageParts> {
-    message.into_parts(limits::MAX_CONTENT_CHARS)
+    message.into_parts(MessageLimits::default())
 }
 
 /// Checks one input. Bytes that are not UTF-8 are read lossily: a server never sees them
@@ -48,6 +50,18 @@ fn check_parts(parts: MessageParts) {
             "a client set the server-owned {field}"
         );
     }
+    let stored = passthrough::stored_bytes(&parts.content, parts.client_id.as_ref(), &parts.extra);
+    assert!(
+        stored <= limits::MAX_MESSAGE_BYTES,
+        "a stored message of {stored} B is over the limit"
+    );
+    for (name, value) in &parts.extra {
+        assert!(
+            !passthrough::deeper_than(value, limits::MAX_FIELD_DEPTH),
+            "{name} nests deeper than the limit"
+        );
+        assert_no_identity(name, value);
+    }
     let message = Message {
         id: MessageId::new("m-1").expect("a valid message id"),
         seq: Some(Seq(1)),
@@ -67,4 +81,18 @@ fn check_parts(parts: MessageParts) {
         received, event,
         "a stored message reaches a client as it was stored"
     );
+}
+
+/// No field that names a person survives, at any depth (PROTOCOL.md: identity is the
+/// server's).
+fn assert_no_identity(name: &str, value: &Value) {
+    assert!(
+        !passthrough::is_identity_field(name),
+        "the identity-looking field {name} was kept"
+    );
+    match value {
+        Value::Object(fields) => fields.iter().for_each(|(k, v)| assert_no_identity(k, v)),
+        Value::Array(items) => items.iter().for_each(|v| assert_no_identity(name, v)),
+        _ => {}
+    }
 }

@@ -50,6 +50,8 @@ impl Harness {
                 // after every allowed close: no limit may be what ends a connection.
                 config.limits.rate_per_sec = 1e9;
                 config.limits.rate_burst = u32::MAX;
+                config.limits.typing_rate_per_sec = 1e9;
+                config.limits.typing_burst = u32::MAX;
                 config.limits.connect_rate_per_sec = 1e9;
                 config.limits.connect_burst = u32::MAX;
                 config.limits.max_connections_per_user = 1_000;
