@@ -14,7 +14,7 @@ use hablar_protocol::{ChatId, ClientId, ErrorCode};
 use super::dispatch::{reply, reply_error};
 use super::Admitted;
 use crate::backend::{ChatEvent, NewMessage};
-use crate::outbox::Outbox;
+use crate::send_queue::SendQueue;
 use crate::AppState;
 
 /// Backend calls of one connection waiting for the one in flight, at most. Beyond it
@@ -73,7 +73,7 @@ impl Calls {
 
     /// Queues a call and starts it at once if nothing is in flight (the embedded
     /// backend completes it right there).
-    pub(super) fn push(&mut self, op: Op, app: &Arc<AppState>, admitted: &Admitted, tx: &Outbox) {
+    pub(super) fn push(&mut self, op: Op, app: &Arc<AppState>, admitted: &Admitted, tx: &SendQueue) {
         self.queued.push(op);
         let mut cx = Context::from_waker(Waker::noop());
         let _ = self.poll_progress(&mut cx, app, admitted, tx);
@@ -86,7 +86,7 @@ impl Calls {
         cx: &mut Context<'_>,
         app: &Arc<AppState>,
         admitted: &Admitted,
-        tx: &Outbox,
+        tx: &SendQueue,
     ) -> Poll<()> {
         loop {
             if let Some(batch) = &mut self.in_flight {
@@ -106,7 +106,7 @@ impl Calls {
 
     /// Completes everything queued and in flight (each call has the backend's own time
     /// limit).
-    pub(super) async fn finish(&mut self, app: &Arc<AppState>, admitted: &Admitted, tx: &Outbox) {
+    pub(super) async fn finish(&mut self, app: &Arc<AppState>, admitted: &Admitted, tx: &SendQueue) {
         poll_fn(|cx| self.poll_progress(cx, app, admitted, tx)).await;
     }
 }
@@ -143,7 +143,7 @@ async fn run_calls(app: Arc<AppState>, chat: ChatId, ops: Vec<Op>) -> Vec<Outcom
 }
 
 /// Answers what a backend call came to.
-fn handle_outcome(app: &AppState, admitted: &Admitted, tx: &Outbox, outcome: Outcome) {
+fn handle_outcome(app: &AppState, admitted: &Admitted, tx: &SendQueue, outcome: Outcome) {
     let chat = &admitted.chat;
     match outcome {
         Outcome::Appended {

@@ -14,7 +14,7 @@ use hablar_protocol::{CloseCode, Seq};
 use super::tasks::Socket;
 use super::{Admitted, End};
 use crate::backend::ChatEvent;
-use crate::outbox::Outbox;
+use crate::send_queue::SendQueue;
 use crate::AppState;
 
 /// Closes with 1011 the socket of a session whose task died. Its reader and writer are
@@ -42,7 +42,7 @@ pub(super) async fn finish(
     sink: &mut SplitSink<WebSocket, WsMessage>,
     stream: &mut SplitStream<WebSocket>,
     end: End,
-    flush_first: Option<(&Outbox, Seq)>,
+    flush_first: Option<(&SendQueue, Seq)>,
 ) {
     let code = match end {
         End::Close(code) => code,
@@ -60,9 +60,9 @@ pub(super) async fn finish(
     };
     app.metrics.close(code);
     let close = async {
-        if let Some((outbox, delivered)) = flush_first {
+        if let Some((queue, delivered)) = flush_first {
             let mut batch = VecDeque::new();
-            outbox.take(&mut batch);
+            queue.take(&mut batch);
             for item in batch {
                 if item.seq.is_some_and(|seq| seq <= delivered) {
                     continue;

@@ -11,7 +11,7 @@ use super::calls::Op;
 use super::{Admitted, End, Session};
 use crate::backend::{ChatEvent, NewMessage};
 use crate::limits::{Budget, RateDecision};
-use crate::outbox::{Outbound, Outbox};
+use crate::send_queue::{QueuedFrame, SendQueue};
 use crate::AppState;
 
 /// Takes a token from the frame's budget: `Ok(true)` to handle the frame, `Ok(false)`
@@ -19,7 +19,7 @@ use crate::AppState;
 pub(super) fn rate_limit(
     admitted: &Admitted,
     session: &mut Session,
-    tx: &Outbox,
+    tx: &SendQueue,
     budget: Budget,
 ) -> Result<bool, End> {
     match session.limiter.check(budget, Instant::now()) {
@@ -45,7 +45,7 @@ pub(super) fn handle_text(
     app: &AppState,
     admitted: &Admitted,
     session: &mut Session,
-    tx: &Outbox,
+    tx: &SendQueue,
     text: &str,
     event: hablar_protocol::Result<ClientEvent>,
 ) -> Option<Op> {
@@ -120,15 +120,15 @@ fn client_id_of(text: &str) -> Option<ClientId> {
 }
 
 /// Queues a direct answer for this connection only.
-pub(super) fn reply(tx: &Outbox, event: &ServerEvent) {
+pub(super) fn reply(tx: &SendQueue, event: &ServerEvent) {
     // A full queue means the hub is about to close this connection as too slow.
-    let _ = tx.push(Outbound {
+    let _ = tx.push(QueuedFrame {
         text: Utf8Bytes::from(encode(event)),
         seq: None,
     });
 }
 
-pub(super) fn reply_error(tx: &Outbox, code: ErrorCode, detail: String, client_id: Option<ClientId>) {
+pub(super) fn reply_error(tx: &SendQueue, code: ErrorCode, detail: String, client_id: Option<ClientId>) {
     reply(
         tx,
         &ServerEvent::Error(ErrorEvent {

@@ -4,7 +4,7 @@
 //! handshake, and the cleanup after (the backend calls the client's last frames still
 //! need, presence, typing lease). The reader pipelines its backend calls (`Calls`); the
 //! writer writes `ready` and the replay as its first batch, then drains the connection's
-//! [`Outbox`], each batch within a deadline. The socket's halves sit in locks that a dying
+//! [`SendQueue`], each batch within a deadline. The socket's halves sit in locks that a dying
 //! task lets go of, so that whatever task fails, the socket is still closed with 1011.
 
 mod admit;
@@ -35,9 +35,9 @@ use self::start::start;
 use self::tasks::{drive, Halves, Owned, Socket};
 use crate::backend::ConnectionSlot;
 use crate::limits::FrameLimiter;
-use crate::outbox::Outbox;
 use crate::peer::PeerSlot;
 use crate::rooms::{Closer, ConnHandle};
+use crate::send_queue::SendQueue;
 use crate::AppState;
 
 /// The handshake's query string, read leniently: a malformed `since` or `epoch` means
@@ -119,11 +119,11 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
     tracing::info!(chat = %admitted.chat, user = %user, "connected");
 
     let limits = &app.config.limits;
-    let outbox = Arc::new(Outbox::new(limits.outbound_queue));
+    let queue = Arc::new(SendQueue::new(limits.outbound_queue));
     let (closer, close_rx) = Closer::new();
     let handle = ConnHandle {
         user: user.clone(),
-        outbox: outbox.clone(),
+        queue: queue.clone(),
         closer,
     };
     let chat = admitted.chat.clone();
@@ -156,7 +156,7 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
         query,
         Halves {
             socket: socket.clone(),
-            outbox: outbox.clone(),
+            queue: queue.clone(),
             session: Session {
                 typing: false,
                 limiter: FrameLimiter::new(limits, Instant::now()),
@@ -185,7 +185,7 @@ pub async fn run(app: Arc<AppState>, socket: WebSocket, chat: String, query: Raw
     if let Some(mut session) = session {
         // What the client sent before the end is stored and published before its
         // presence_leave, even when the connection was closed under its reader.
-        session.calls.finish(&app, &admitted, &outbox).await;
+        session.calls.finish(&app, &admitted, &queue).await;
     }
     cleanup(&app, &admitted, conn_id, typing).await;
     tracing::info!(%chat, user = %user, end = ?end, "disconnected");

@@ -14,7 +14,7 @@ use hablar_protocol::{CloseCode, ErrorCode};
 use super::dispatch::{handle_text, rate_limit, reply_error};
 use super::{Admitted, End, Session};
 use crate::limits::Budget;
-use crate::outbox::Outbox;
+use crate::send_queue::SendQueue;
 use crate::AppState;
 
 /// Reads and handles the client's frames until the connection ends. The backend calls
@@ -25,7 +25,7 @@ pub(super) async fn read_loop(
     admitted: &Admitted,
     stream: &mut SplitStream<WebSocket>,
     session: &mut Session,
-    tx: &Outbox,
+    tx: &SendQueue,
 ) -> End {
     let idle = app.config.limits.idle_timeout();
     loop {

@@ -10,7 +10,7 @@ use hablar_protocol::{CloseCode, Epoch, Seq};
 
 use super::{Admitted, End, RawConnect};
 use crate::backend::{ChatEvent, Replay};
-use crate::outbox::Outbound;
+use crate::send_queue::QueuedFrame;
 use crate::AppState;
 
 /// What a connection starts with, for its writer.
@@ -18,7 +18,7 @@ pub(super) struct Started {
     /// The seq up to which the replay delivers: live messages up to it are dropped.
     pub(super) delivered: Seq,
     /// `ready`, then the replayed messages: the writer's first batch.
-    pub(super) frames: VecDeque<Outbound>,
+    pub(super) frames: VecDeque<QueuedFrame>,
 }
 
 /// Presence and replay: returns `ready` and the replayed messages, encoded, and the seq
@@ -92,7 +92,7 @@ pub(super) async fn start(app: &AppState, admitted: &Admitted, query: &RawConnec
         .into_iter()
         .map(|message| encode(&ServerEvent::NewMessage { message }));
     // Without a seq: the writer's `delivered` filter is for the fan-out's copies.
-    frames.extend(std::iter::once(ready).chain(messages).map(|text| Outbound {
+    frames.extend(std::iter::once(ready).chain(messages).map(|text| QueuedFrame {
         text: Utf8Bytes::from(text),
         seq: None,
     }));

@@ -18,7 +18,7 @@ use super::reader::read_loop;
 use super::start::Started;
 use super::writer::{write_loop, Wrote};
 use super::{Admitted, End, Session};
-use crate::outbox::Outbox;
+use crate::send_queue::SendQueue;
 use crate::AppState;
 
 /// A spawned task that is aborted when this handle is dropped: a connection's tasks never
@@ -57,7 +57,7 @@ pub(super) struct Socket {
 impl Socket {
     /// Sends the close frame and waits for the reply (see [`finish`]), once both halves
     /// are free.
-    pub(super) async fn finish(&self, app: &AppState, end: End, flush_first: Option<(&Outbox, Seq)>) {
+    pub(super) async fn finish(&self, app: &AppState, end: End, flush_first: Option<(&SendQueue, Seq)>) {
         let mut sink = self.sink.lock().await;
         let mut stream = self.stream.lock().await;
         finish(app, &mut sink, &mut stream, end, flush_first).await;
@@ -69,7 +69,7 @@ pub(super) struct Halves {
     pub(super) socket: Socket,
     /// What the hub fans out to the connection and the reader's direct answers (errors,
     /// pongs, duplicate echoes); the writer's stop and ping signals.
-    pub(super) outbox: Arc<Outbox>,
+    pub(super) queue: Arc<SendQueue>,
     pub(super) session: Session,
 }
 
@@ -86,43 +86,43 @@ pub(super) async fn drive(
 ) -> (End, Option<Session>) {
     let Halves {
         socket,
-        outbox,
+        queue,
         mut session,
     } = halves;
     let Started { delivered, frames } = started;
     // Before the reader starts: the echo of a resend may go out up to here, as it is
     // queued behind the replay.
-    outbox.replayed_up_to(delivered);
+    queue.replayed_up_to(delivered);
     // Each task stops at once when told and lets go of its half, so that the close
     // frame can be written and the client's reply read.
     let (stop_reader, reader_stopped) = oneshot::channel::<()>();
     let mut reader = Owned::spawn({
-        let (app, admitted, outbox) = (app.clone(), admitted.clone(), outbox.clone());
+        let (app, admitted, queue) = (app.clone(), admitted.clone(), queue.clone());
         let stream = socket.stream.clone();
         async move {
             let mut stream = stream.lock_owned().await;
             let end = tokio::select! {
-                end = read_loop(&app, &admitted, &mut stream, &mut session, &outbox) => Some(end),
+                end = read_loop(&app, &admitted, &mut stream, &mut session, &queue) => Some(end),
                 _ = reader_stopped => None,
             };
             (end, session)
         }
     });
     let mut writer = Owned::spawn({
-        let outbox = outbox.clone();
+        let queue = queue.clone();
         let sink = socket.sink.clone();
         // A client that does not take a batch in this time is too slow, replay or not.
         let deadline = app.config.limits.idle_timeout();
         async move {
             let mut sink = sink.lock_owned().await;
-            let wrote = write_loop(&mut sink, &outbox, delivered, frames, deadline).await;
+            let wrote = write_loop(&mut sink, &queue, delivered, frames, deadline).await;
             // Nothing pushed from now on would be written.
-            outbox.close();
+            queue.close();
             wrote
         }
     });
 
-    // The writer waits on its outbox alone; the keep-alive ping is asked for from here,
+    // The writer waits on its queue alone; the keep-alive ping is asked for from here,
     // so that a fan-out wakes the writer for the frames and nothing else.
     let ping_every = app.config.limits.ping_interval();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
@@ -155,11 +155,11 @@ pub(super) async fn drive(
             }
             _ = shutdown.wait_for(|stop| *stop) => break End::Close(CloseCode::Restart),
             () = &mut token_expiry => break End::Close(CloseCode::Unauthorized),
-            _ = ping.tick() => outbox.ping(),
+            _ = ping.tick() => queue.ping(),
         }
     };
     let _ = stop_reader.send(());
-    outbox.stop();
+    queue.stop();
     let reader_out = match reader_out {
         Some(out) => out,
         None => reader.await.ok(),
@@ -178,7 +178,7 @@ pub(super) async fn drive(
     // Graceful shutdown finishes what was queued before the 1012, unless the writer was
     // cut off in the middle of a batch.
     let flush_first = (end == End::Close(CloseCode::Restart) && writer_out == Some(Wrote::Told))
-        .then_some((&*outbox, delivered));
+        .then_some((&*queue, delivered));
     socket.finish(app, end, flush_first).await;
     (end, reader_out.map(|(_, session)| session))
 }

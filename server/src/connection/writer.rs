@@ -11,7 +11,7 @@ use futures_util::SinkExt;
 use hablar_protocol::{CloseCode, Seq};
 
 use super::End;
-use crate::outbox::{Next, Outbound, Outbox};
+use crate::send_queue::{Next, QueuedFrame, SendQueue};
 
 /// Why the writer returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,15 +25,15 @@ pub(super) enum Wrote {
     End(End),
 }
 
-/// Writes `first` (`ready` and the replay), then what the outbox hands over, in batches
+/// Writes `first` (`ready` and the replay), then what the queue hands over, in batches
 /// (feed, then one flush), and the keep-alive pings it asks for. A batch not written
 /// within `deadline` ends the connection as too slow (4408): a client that stopped
 /// reading must not hold its task, its slot and its presence for ever.
 pub(super) async fn write_loop(
     sink: &mut SplitSink<WebSocket, WsMessage>,
-    outbox: &Outbox,
+    queue: &SendQueue,
     delivered: Seq,
-    first: VecDeque<Outbound>,
+    first: VecDeque<QueuedFrame>,
     deadline: Duration,
 ) -> Wrote {
     let mut batch = first;
@@ -57,7 +57,7 @@ pub(super) async fn write_loop(
         let written = tokio::select! {
             biased;
             written = tokio::time::timeout(deadline, write) => written,
-            () = poll_fn(|cx| outbox.poll_stop(cx)) => return Wrote::Cut,
+            () = poll_fn(|cx| queue.poll_stop(cx)) => return Wrote::Cut,
         };
         match written {
             Err(_) => {
@@ -73,7 +73,7 @@ pub(super) async fn write_loop(
         if batch.capacity() > 64 {
             batch.shrink_to(16);
         }
-        ping = match poll_fn(|cx| outbox.poll_next(cx, &mut batch)).await {
+        ping = match poll_fn(|cx| queue.poll_next(cx, &mut batch)).await {
             Next::Stop => return Wrote::Told,
             Next::Write { ping } => ping,
         };
