@@ -40,7 +40,7 @@ pub(super) async fn read_loop(
                 return End::Close(CloseCode::GoingAway);
             }
             Ok(None) => return End::Gone,
-            Ok(Some(Err(err))) => return read_error(&err),
+            Ok(Some(Err(err))) => return read_error(err),
             Ok(Some(Ok(frame))) => frame,
         };
         match frame {
@@ -77,18 +77,55 @@ pub(super) async fn read_loop(
     }
 }
 
-/// Maps a read error to how the connection ends.
-fn read_error(err: &axum::Error) -> End {
-    // axum does not re-export tungstenite's error type, so the size limit is recognised
-    // by tungstenite's text for `Error::Capacity` (the integration tests pin it: 1009).
-    let text = err.to_string();
-    if text.contains("Space limit exceeded") {
-        End::Close(CloseCode::TooBig)
-    } else if text.contains("UTF-8") || text.contains("utf-8") {
-        End::Close(CloseCode::Other(1007))
-    } else if text.contains("Protocol error") {
-        End::Close(CloseCode::Other(1002))
-    } else {
-        End::Gone
+/// Maps a read error to how the connection ends, by the type of tungstenite's error
+/// (which axum boxes): a frame over the size limit is 1009, text that is not UTF-8 1007,
+/// a protocol violation 1002 (RFC 6455, 7.4.1). A transport that failed, the client gone
+/// without a close frame included, leaves no close frame to send.
+fn read_error(err: axum::Error) -> End {
+    use tungstenite::error::ProtocolError;
+    let err = err.into_inner();
+    match err.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => End::Close(CloseCode::TooBig),
+        Some(tungstenite::Error::Utf8(_)) => End::Close(CloseCode::Other(1007)),
+        Some(tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => End::Gone,
+        Some(tungstenite::Error::Protocol(_)) => End::Close(CloseCode::Other(1002)),
+        _ => End::Gone,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use tungstenite::error::{CapacityError, ProtocolError};
+
+    use super::*;
+
+    fn end_of(err: tungstenite::Error) -> End {
+        read_error(axum::Error::new(err))
+    }
+
+    #[test]
+    fn read_errors_choose_their_close_code_by_type() {
+        let too_long = CapacityError::MessageTooLong { size: 2, max_size: 1 };
+        assert_eq!(
+            end_of(tungstenite::Error::Capacity(too_long)),
+            End::Close(CloseCode::TooBig)
+        );
+        let not_utf8 = tungstenite::Error::Utf8("invalid utf-8 sequence".into());
+        assert_eq!(end_of(not_utf8), End::Close(CloseCode::Other(1007)));
+        let reserved = tungstenite::Error::Protocol(ProtocolError::NonZeroReservedBits);
+        assert_eq!(end_of(reserved), End::Close(CloseCode::Other(1002)));
+    }
+
+    #[test]
+    fn a_transport_that_failed_ends_without_a_close_frame() {
+        let reset = tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake);
+        assert_eq!(end_of(reset), End::Gone);
+        let io = tungstenite::Error::Io(io::ErrorKind::ConnectionReset.into());
+        assert_eq!(end_of(io), End::Gone);
+        // Not tungstenite's error at all: nothing to say to the client.
+        let other = axum::Error::new(io::Error::other("Space limit exceeded"));
+        assert_eq!(read_error(other), End::Gone);
     }
 }
