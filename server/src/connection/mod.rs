@@ -1,11 +1,16 @@
-//! One WebSocket connection: admission (token, chat, membership, per-user limit),
-//! presence and the replay, then a reader task and a writer task (split socket) raced in
-//! one `select!` with the close signals (hub, shutdown, token expiry), the close
-//! handshake, and the cleanup after (the backend calls the client's last frames still
-//! need, presence, typing lease). The reader pipelines its backend calls (`Calls`); the
-//! writer writes `ready` and the replay as its first batch, then drains the connection's
-//! [`SendQueue`], each batch within a deadline. The socket's halves sit in locks that a dying
-//! task lets go of, so that whatever task fails, the socket is still closed with 1011.
+//! One WebSocket connection from upgrade to cleanup, in order: [`run`] admits it, joins
+//! the hub, runs the session in a task of its own (so that the cleanup runs even if it
+//! panics), then cleans up. Each step has its file:
+//! - `admit`: token, chat, membership, per-user limit.
+//! - `start`: presence, then `ready` and the replay, encoded for the writer.
+//! - `tasks`: the reader and writer tasks, raced against the close signals (hub,
+//!   shutdown, token expiry); the socket's halves sit in locks that a dying task lets go
+//!   of, so that whatever task fails, the socket is still closed with 1011.
+//! - `reader` and `dispatch`: frames off the socket; each frame's budget, and the answer
+//!   or backend call it needs.
+//! - `calls`: the backend calls, pipelined in batches, outcomes answered in order.
+//! - `writer`: `ready` and the replay, then the [`SendQueue`] in batches, within a deadline.
+//! - `close`: the close handshake, and the cleanup after (hub, presence, typing lease).
 
 mod admit;
 mod calls;
