@@ -9,10 +9,13 @@
 //! - [`origin`]: the `Origin` allow-list checked before the upgrade.
 //! - [`backend`]: the store + broker trait and its in-memory implementation.
 //! - [`rooms`]: the local hub fanning a chat's events out to this instance's sockets.
+//! - [`send_queue`]: a connection's bounded send queue, filled by the hub and the reader,
+//!   drained by the writer.
 //! - [`limits`]: token-bucket rate limits (per connection, per key) and per-user
 //!   connection counting.
 //! - [`peer`]: the client's address (trusted proxies) and the limits per address.
-//! - [`connection`]: one socket: admission, `ready` + replay, reader/writer, cleanup.
+//! - [`connection`]: one socket: admission, `ready` + replay, reader/writer tasks, call
+//!   pipeline, close and cleanup (a folder, a file per concern).
 //! - [`http`]: the router, handshake, history, health, metrics, dev-mode endpoints.
 //! - [`admin`]: the admin API for chats, members and profiles.
 //! - [`metrics`]: counters in the Prometheus text format.
@@ -31,9 +34,9 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod origin;
-pub mod outbox;
 pub mod peer;
 pub mod rooms;
+pub mod send_queue;
 
 use std::future::{Future, IntoFuture as _};
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! The local hub: which connections of this instance are in which chat, and the fan-out
 //! of a chat's events to them. Each event is encoded once per fan-out and shared by all
-//! queues (`Utf8Bytes` is reference-counted); each connection's [`Outbox`] is bounded
+//! queues (`Utf8Bytes` is reference-counted); each connection's [`SendQueue`] is bounded
 //! and pushes never wait, so one slow reader never holds up the others.
 //!
 //! What a full queue means depends on the event. A `new_message` that does not fit
@@ -8,7 +8,7 @@
 //! dropped. Typing is a lease that the next refresh repairs, so it is dropped. Presence
 //! is neither: a burst of joins (1,000 members connecting at once) must not close healthy
 //! readers, yet a dropped `presence_join` would leave a wrong online list for good. So a
-//! presence event that does not fit is held back by the connection's [`Outbox`] instead,
+//! presence event that does not fit is held back by the connection's [`SendQueue`] instead,
 //! coalesced per user (the latest event wins), and the writer sends it right after the
 //! frames queued before it. The SDK keeps presence as a set
 //! keyed by user id (a join of a known user and a leave of an unknown one change
@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use crate::backend::{Backend, ChatEvent, EventSink};
 use crate::error::Result;
 use crate::metrics::Metrics;
-use crate::outbox::{Outbound, Outbox, PresencePush, Refused};
+use crate::send_queue::{PresencePush, QueuedFrame, Refused, SendQueue};
 
 /// Asks a connection to close with a code; the first code asked for wins.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ pub struct ConnHandle {
     /// Whose connection it is (to skip a user's own typing, to close a removed member).
     pub user: UserId,
     /// The connection's bounded queue.
-    pub outbox: Arc<Outbox>,
+    pub queue: Arc<SendQueue>,
     /// Closes the connection (too slow, removed from the chat).
     pub closer: Closer,
 }
@@ -197,14 +197,14 @@ impl EventSink for Rooms {
                         continue;
                     }
                     if let Some(user) = presence {
-                        match conn.outbox.push_presence(user, &text) {
+                        match conn.queue.push_presence(user, &text) {
                             PresencePush::Queued => sent += 1,
                             PresencePush::Held => dropped += 1,
                             PresencePush::Closed => {}
                         }
                         continue;
                     }
-                    match conn.outbox.push(Outbound {
+                    match conn.queue.push(QueuedFrame {
                         text: text.clone(),
                         seq,
                     }) {
@@ -231,7 +231,7 @@ impl EventSink for Rooms {
                 for conn in room.conns.values().filter(|c| &c.user == user_id) {
                     // Nothing published after the removal may reach them, not even in
                     // the moment before their connection acts on the close.
-                    conn.outbox.close();
+                    conn.queue.close();
                     conn.closer.close(CloseCode::Forbidden);
                 }
             }
@@ -309,16 +309,16 @@ mod tests {
         let chat = ChatId::new("room").expect("chat");
         let handle = ConnHandle {
             user: UserId::new(user).expect("id"),
-            outbox: Arc::new(Outbox::new(capacity)),
+            queue: Arc::new(SendQueue::new(capacity)),
             closer,
         };
         rooms.join(backend, &chat, handle.clone()).await.expect("join");
         handle
     }
 
-    fn taken(handle: &ConnHandle) -> Vec<Outbound> {
+    fn taken(handle: &ConnHandle) -> Vec<QueuedFrame> {
         let mut batch = VecDeque::new();
-        handle.outbox.take(&mut batch);
+        handle.queue.take(&mut batch);
         batch.into()
     }
 

@@ -1,17 +1,22 @@
 //! Hostile input that must neither crash a connection task nor leave state behind:
-//! extreme query values on the WebSocket and the history API, and endpoints that must
-//! not exist outside dev mode.
+//! extreme query values on the WebSocket and the history API, frames that are not UTF-8
+//! or break the WebSocket protocol, and endpoints that must not exist outside dev mode.
 
 use hablar_protocol::events::ServerEvent;
 use hablar_tests::client::Client;
 use hablar_tests::{backend_tests, tokens, Backend, TestServer};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
 
 backend_tests!(
     a_resume_from_an_absurd_since_is_not_recovered_and_presence_stays_right,
     history_survives_extreme_before_and_limit_values,
     the_dev_token_endpoint_does_not_exist_outside_dev_mode,
     the_hub_forgets_chats_once_their_last_connection_leaves,
+    a_text_frame_that_is_not_utf8_closes_with_1007,
+    a_frame_that_breaks_the_websocket_protocol_closes_with_1002,
 );
 
 async fn a_resume_from_an_absurd_since_is_not_recovered_and_presence_stays_right(backend: Backend) {
@@ -149,4 +154,31 @@ async fn the_hub_forgets_chats_once_their_last_connection_leaves(backend: Backen
         unreachable!()
     };
     assert_eq!(message.content, "back");
+}
+
+async fn a_text_frame_that_is_not_utf8_closes_with_1007(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    let mut alice = server.join("room", "alice").await;
+    let mut bob = server.join("room", "bob").await;
+    let not_utf8 = Frame::message(vec![b'"', 0xff, 0xfe, b'"'], OpCode::Data(Data::Text), true);
+    alice.send(Message::Frame(not_utf8)).await.expect("send");
+    assert_eq!(alice.expect_close().await, 1007, "invalid frame payload data");
+    // Only that connection ends.
+    bob.send_json(&json!({"type": "ping", "id": 1})).await;
+    bob.recv_until(|e| matches!(e, ServerEvent::Pong { .. })).await;
+}
+
+async fn a_frame_that_breaks_the_websocket_protocol_closes_with_1002(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    let mut alice = server.join("room", "alice").await;
+    let mut bob = server.join("room", "bob").await;
+    // A reserved bit set without an extension that defines it (RFC 6455, 5.2).
+    let mut reserved = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Text), true);
+    reserved.header_mut().rsv1 = true;
+    alice.send(Message::Frame(reserved)).await.expect("send");
+    assert_eq!(alice.expect_close().await, 1002, "protocol error");
+    bob.send_json(&json!({"type": "ping", "id": 1})).await;
+    bob.recv_until(|e| matches!(e, ServerEvent::Pong { .. })).await;
 }

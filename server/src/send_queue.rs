@@ -1,4 +1,4 @@
-//! A connection's outbound queue: what the hub fans out to it, the reader's direct
+//! A connection's send queue: what the hub fans out to it, the reader's direct
 //! answers, and the signals for its writer (ping, stop), behind one lock.
 //!
 //! It replaces a bounded `mpsc` channel plus a stop `oneshot`, a ping timer and a
@@ -11,7 +11,7 @@
 //! It is bounded like the channel it replaces: a push beyond `capacity` is refused with
 //! [`Refused::Full`] and the hub decides what that means (see `rooms.rs`). Presence
 //! that does not fit in half the queue is held back, latest per user, and goes out right
-//! after the frames queued before it (see [`Outbox::push_presence`]).
+//! after the frames queued before it (see [`SendQueue::push_presence`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::task::{Context, Poll, Waker};
@@ -22,7 +22,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 /// One frame queued for a connection.
 #[derive(Debug, Clone)]
-pub struct Outbound {
+pub struct QueuedFrame {
     /// The encoded event, shared by every connection it goes to.
     pub text: Utf8Bytes,
     /// The message's seq for `new_message` from the fan-out, so that a resuming
@@ -65,14 +65,14 @@ pub enum Next {
 /// A connection's outbound queue. Shared (`Arc`) by the hub, the reader, the writer and
 /// the task that supervises the connection.
 #[derive(Debug)]
-pub struct Outbox {
+pub struct SendQueue {
     capacity: usize,
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Outbound>,
+    queue: VecDeque<QueuedFrame>,
     /// Presence events held back, the latest per user.
     held: HashMap<UserId, Utf8Bytes>,
     /// The writer's waker while it waits; taken by the push that wakes it.
@@ -97,7 +97,7 @@ impl State {
     }
 }
 
-impl Outbox {
+impl SendQueue {
     /// An empty queue that holds up to `capacity` frames (at least 1). Allocates
     /// nothing until the first push: an idle connection costs only this struct.
     pub fn new(capacity: usize) -> Self {
@@ -118,7 +118,7 @@ impl Outbox {
     }
 
     /// Queues a frame.
-    pub fn push(&self, item: Outbound) -> Result<(), Refused> {
+    pub fn push(&self, item: QueuedFrame) -> Result<(), Refused> {
         let mut state = self.state.lock();
         self.admit(&state)?;
         if let Some(seq) = item.seq {
@@ -159,7 +159,7 @@ impl Outbox {
             return Ok(false);
         }
         // Without a seq: the writer skips seqs the replay sent, and this one is wanted.
-        state.queue.push_back(Outbound { text, seq: None });
+        state.queue.push_back(QueuedFrame { text, seq: None });
         Self::wake_writer(state);
         Ok(true)
     }
@@ -173,7 +173,7 @@ impl Outbox {
             return PresencePush::Closed;
         }
         let outcome = if state.held.is_empty() && state.queue.len() < self.capacity / 2 {
-            state.queue.push_back(Outbound {
+            state.queue.push_back(QueuedFrame {
                 text: text.clone(),
                 seq: None,
             });
@@ -193,7 +193,7 @@ impl Outbox {
         Self::wake_writer(state);
     }
 
-    /// Asks the writer to stop, even in the middle of a write (see [`Outbox::poll_stop`]).
+    /// Asks the writer to stop, even in the middle of a write (see [`SendQueue::poll_stop`]).
     pub fn stop(&self) {
         let mut state = self.state.lock();
         state.stop = true;
@@ -217,21 +217,26 @@ impl Outbox {
 
     /// Moves everything waiting (queued frames, then held presence) into the empty
     /// `batch`, without waiting.
-    pub fn take(&self, batch: &mut VecDeque<Outbound>) {
+    pub fn take(&self, batch: &mut VecDeque<QueuedFrame>) {
         let mut state = self.state.lock();
         Self::take_locked(&mut state, batch);
     }
 
-    fn take_locked(state: &mut State, batch: &mut VecDeque<Outbound>) {
+    fn take_locked(state: &mut State, batch: &mut VecDeque<QueuedFrame>) {
         debug_assert!(batch.is_empty(), "the writer hands back an empty batch");
         std::mem::swap(&mut state.queue, batch);
         // Everything queued before the held presence is in the batch now: it goes next.
-        batch.extend(state.held.drain().map(|(_, text)| Outbound { text, seq: None }));
+        batch.extend(
+            state
+                .held
+                .drain()
+                .map(|(_, text)| QueuedFrame { text, seq: None }),
+        );
     }
 
     /// The writer waits here: moves everything waiting into the empty `batch` and says
     /// whether to ping, or says stop.
-    pub fn poll_next(&self, cx: &Context<'_>, batch: &mut VecDeque<Outbound>) -> Poll<Next> {
+    pub fn poll_next(&self, cx: &Context<'_>, batch: &mut VecDeque<QueuedFrame>) -> Poll<Next> {
         let mut state = self.state.lock();
         if state.stop {
             return Poll::Ready(Next::Stop);
@@ -264,88 +269,88 @@ mod tests {
 
     use super::*;
 
-    fn frame(text: &'static str) -> Outbound {
-        Outbound {
+    fn frame(text: &'static str) -> QueuedFrame {
+        QueuedFrame {
             text: Utf8Bytes::from_static(text),
             seq: None,
         }
     }
 
-    fn texts(batch: &VecDeque<Outbound>) -> Vec<&str> {
+    fn texts(batch: &VecDeque<QueuedFrame>) -> Vec<&str> {
         batch.iter().map(|o| o.text.as_str()).collect()
     }
 
     #[tokio::test]
     async fn the_writer_takes_everything_queued_in_order_in_one_batch() {
-        let outbox = Outbox::new(4);
+        let queue = SendQueue::new(4);
         for text in ["a", "b", "c"] {
-            outbox.push(frame(text)).expect("room");
+            queue.push(frame(text)).expect("room");
         }
         let mut batch = VecDeque::new();
-        let next = poll_fn(|cx| outbox.poll_next(cx, &mut batch)).await;
+        let next = poll_fn(|cx| queue.poll_next(cx, &mut batch)).await;
         assert_eq!(next, Next::Write { ping: false });
         assert_eq!(texts(&batch), ["a", "b", "c"]);
-        assert!(outbox.is_empty());
+        assert!(queue.is_empty());
     }
 
     #[test]
     fn an_echo_goes_out_only_once_the_connection_has_every_seq_up_to_it() {
-        let outbox = Outbox::new(8);
-        let echo = |seq| outbox.push_echo(Utf8Bytes::from_static("echo"), Seq(seq));
+        let queue = SendQueue::new(8);
+        let echo = |seq| queue.push_echo(Utf8Bytes::from_static("echo"), Seq(seq));
         assert_eq!(echo(1), Ok(false), "nothing given yet");
-        outbox.replayed_up_to(Seq(3));
+        queue.replayed_up_to(Seq(3));
         assert_eq!(echo(4), Ok(false), "ahead of the replay");
         assert_eq!(echo(3), Ok(true), "the replay sent 3");
-        let fanned = Outbound {
+        let fanned = QueuedFrame {
             text: Utf8Bytes::from_static("5"),
             seq: Some(Seq(5)),
         };
-        outbox.push(fanned).expect("room");
+        queue.push(fanned).expect("room");
         assert_eq!(echo(5), Ok(true), "the fan-out queued 5 before it");
         assert_eq!(echo(6), Ok(false), "ahead of the fan-out");
-        outbox.replayed_up_to(Seq(2));
+        queue.replayed_up_to(Seq(2));
         assert_eq!(echo(5), Ok(true), "an older replay does not move it back");
         let mut batch = VecDeque::new();
-        outbox.take(&mut batch);
+        queue.take(&mut batch);
         assert_eq!(texts(&batch), ["echo", "5", "echo", "echo"]);
         assert!(
             batch.iter().filter(|o| o.text == "echo").all(|o| o.seq.is_none()),
             "an echo is not dropped as already replayed"
         );
-        outbox.close();
+        queue.close();
         assert_eq!(echo(1), Err(Refused::Closed));
     }
 
     #[test]
     fn a_full_queue_refuses_and_a_closed_one_too() {
-        let outbox = Outbox::new(2);
-        outbox.push(frame("a")).expect("room");
-        outbox.push(frame("b")).expect("room");
-        assert_eq!(outbox.push(frame("c")), Err(Refused::Full));
-        assert_eq!(outbox.len(), 2, "the refused frame is not queued");
-        outbox.close();
+        let queue = SendQueue::new(2);
+        queue.push(frame("a")).expect("room");
+        queue.push(frame("b")).expect("room");
+        assert_eq!(queue.push(frame("c")), Err(Refused::Full));
+        assert_eq!(queue.len(), 2, "the refused frame is not queued");
+        queue.close();
         let mut batch = VecDeque::new();
-        outbox.take(&mut batch);
-        assert_eq!(outbox.push(frame("d")), Err(Refused::Closed));
+        queue.take(&mut batch);
+        assert_eq!(queue.push(frame("d")), Err(Refused::Closed));
         assert_eq!(
-            outbox.push_presence(&UserId::new("bob").expect("id"), &Utf8Bytes::from_static("p")),
+            queue.push_presence(&UserId::new("bob").expect("id"), &Utf8Bytes::from_static("p")),
             PresencePush::Closed
         );
     }
 
     #[tokio::test]
     async fn a_push_wakes_a_waiting_writer() {
-        let outbox = Arc::new(Outbox::new(4));
+        let queue = Arc::new(SendQueue::new(4));
         let writer = tokio::spawn({
-            let outbox = outbox.clone();
+            let queue = queue.clone();
             async move {
                 let mut batch = VecDeque::new();
-                let next = poll_fn(|cx| outbox.poll_next(cx, &mut batch)).await;
+                let next = poll_fn(|cx| queue.poll_next(cx, &mut batch)).await;
                 (next, texts(&batch).join(","))
             }
         });
         tokio::task::yield_now().await;
-        outbox.push(frame("hello")).expect("room");
+        queue.push(frame("hello")).expect("room");
         let (next, got) = writer.await.expect("writer");
         assert_eq!(next, Next::Write { ping: false });
         assert_eq!(got, "hello");
@@ -353,48 +358,45 @@ mod tests {
 
     #[tokio::test]
     async fn stop_wins_over_frames_and_ping_comes_alone() {
-        let outbox = Outbox::new(4);
-        outbox.ping();
+        let queue = SendQueue::new(4);
+        queue.ping();
         let mut batch = VecDeque::new();
         assert_eq!(
-            poll_fn(|cx| outbox.poll_next(cx, &mut batch)).await,
+            poll_fn(|cx| queue.poll_next(cx, &mut batch)).await,
             Next::Write { ping: true }
         );
         assert!(batch.is_empty());
-        outbox.push(frame("a")).expect("room");
-        outbox.stop();
-        assert_eq!(poll_fn(|cx| outbox.poll_next(cx, &mut batch)).await, Next::Stop);
-        poll_fn(|cx| outbox.poll_stop(cx)).await;
+        queue.push(frame("a")).expect("room");
+        queue.stop();
+        assert_eq!(poll_fn(|cx| queue.poll_next(cx, &mut batch)).await, Next::Stop);
+        poll_fn(|cx| queue.poll_stop(cx)).await;
     }
 
     #[test]
     fn presence_beyond_half_the_queue_is_held_latest_per_user_and_goes_after() {
-        let outbox = Outbox::new(4);
+        let queue = SendQueue::new(4);
         let (bob, carol) = (UserId::new("bob").expect("id"), UserId::new("carol").expect("id"));
         let p = Utf8Bytes::from_static;
-        assert_eq!(outbox.push_presence(&bob, &p("join bob")), PresencePush::Queued);
+        assert_eq!(queue.push_presence(&bob, &p("join bob")), PresencePush::Queued);
         assert_eq!(
-            outbox.push_presence(&carol, &p("join carol")),
+            queue.push_presence(&carol, &p("join carol")),
             PresencePush::Queued
         );
         // Half of 4 is taken: the rest is held, coalesced per user.
-        assert_eq!(outbox.push_presence(&bob, &p("leave bob")), PresencePush::Held);
-        assert_eq!(outbox.push_presence(&bob, &p("join bob 2")), PresencePush::Held);
-        assert_eq!(
-            outbox.push_presence(&carol, &p("leave carol")),
-            PresencePush::Held
-        );
+        assert_eq!(queue.push_presence(&bob, &p("leave bob")), PresencePush::Held);
+        assert_eq!(queue.push_presence(&bob, &p("join bob 2")), PresencePush::Held);
+        assert_eq!(queue.push_presence(&carol, &p("leave carol")), PresencePush::Held);
         // Messages still fit in the other half.
-        outbox.push(frame("message")).expect("room");
+        queue.push(frame("message")).expect("room");
         let mut batch = VecDeque::new();
-        outbox.take(&mut batch);
+        queue.take(&mut batch);
         let got = texts(&batch);
         assert_eq!(got[..3], ["join bob", "join carol", "message"]);
         let mut held = got[3..].to_vec();
         held.sort_unstable();
         assert_eq!(held, ["join bob 2", "leave carol"]);
         batch.clear();
-        outbox.take(&mut batch);
+        queue.take(&mut batch);
         assert!(batch.is_empty(), "held presence goes out once");
     }
 }
