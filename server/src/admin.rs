@@ -1,13 +1,15 @@
-//! The admin HTTP API (`Authorization: Bearer {admin_key}`): chats, members, profiles
-//! (display names stored cleaned, see [`hablar_protocol::names`]).
+//! The admin HTTP API (`Authorization: Bearer {admin_key}`, checked by a route layer
+//! before any handler runs): chats, members, profiles (display names stored cleaned, see
+//! [`hablar_protocol::names`]).
 //! Removing a member closes their sockets in the chat with 4403 through the backend's
 //! control event, so it works across instances.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::put;
 use axum::{Json, Router};
@@ -17,11 +19,11 @@ use serde_json::json;
 
 use crate::auth::constant_time_eq;
 use crate::error::{Error, Result};
-use crate::http::bearer;
+use crate::http::{bearer_token, BearerHeader};
 use crate::AppState;
 
-/// The admin routes.
-pub fn routes() -> Router<Arc<AppState>> {
+/// The admin routes, each behind the admin-key check.
+pub fn routes(app: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/admin/chats/{chat_id}", put(put_chat))
         .route(
@@ -29,13 +31,22 @@ pub fn routes() -> Router<Arc<AppState>> {
             put(put_member).delete(delete_member),
         )
         .route("/api/admin/users/{user_id}", put(put_user))
+        // A route layer: a path that matches no admin route stays a 404.
+        .route_layer(middleware::from_fn_with_state(app, require_admin_key))
 }
 
-fn check_key(app: &AppState, headers: &HeaderMap) -> Result<()> {
+/// Lets a request through only with the admin key, compared in constant time; 401
+/// otherwise, and always when no key is configured.
+async fn require_admin_key(
+    State(app): State<Arc<AppState>>,
+    authorization: BearerHeader,
+    request: Request,
+    next: Next,
+) -> Result<Response> {
     let key = app.config.admin_key().ok_or(Error::AdminKey)?;
-    let given = bearer(headers).ok_or(Error::AdminKey)?;
+    let given = bearer_token(&authorization).ok_or(Error::AdminKey)?;
     if constant_time_eq(given.as_bytes(), key.expose().as_bytes()) {
-        Ok(())
+        Ok(next.run(request).await)
     } else {
         Err(Error::AdminKey)
     }
@@ -49,12 +60,7 @@ fn user_id(user: String) -> Result<UserId> {
     UserId::new(user).map_err(|err| Error::BadRequest(err.to_string()))
 }
 
-async fn put_chat(
-    State(app): State<Arc<AppState>>,
-    Path(chat): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response> {
-    check_key(&app, &headers)?;
+async fn put_chat(State(app): State<Arc<AppState>>, Path(chat): Path<String>) -> Result<Response> {
     let chat = chat_id(chat)?;
     let created = app.backend.create_chat(&chat).await?;
     tracing::info!(%chat, created, "admin: chat put");
@@ -69,9 +75,7 @@ async fn put_chat(
 async fn put_member(
     State(app): State<Arc<AppState>>,
     Path((chat, user)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<StatusCode> {
-    check_key(&app, &headers)?;
     let (chat, user) = (chat_id(chat)?, user_id(user)?);
     if !app.backend.add_member(&chat, &user).await? {
         return Err(Error::NotFound);
@@ -83,9 +87,7 @@ async fn put_member(
 async fn delete_member(
     State(app): State<Arc<AppState>>,
     Path((chat, user)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<StatusCode> {
-    check_key(&app, &headers)?;
     let (chat, user) = (chat_id(chat)?, user_id(user)?);
     if !app.backend.remove_member(&chat, &user).await? {
         return Err(Error::NotFound);
@@ -102,12 +104,10 @@ struct Profile {
 async fn put_user(
     State(app): State<Arc<AppState>>,
     Path(user): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode> {
-    // The body is read as bytes and parsed only after the key check: a `Json` extractor
-    // would answer a caller without the key with 415/422 (and parse its body) first.
-    check_key(&app, &headers)?;
+    // Read as bytes and parsed here, so that a bad body is a 400 with our error body,
+    // not a `Json` extractor's 415/422.
     let profile: Profile = serde_json::from_slice(&body)
         .map_err(|_| Error::BadRequest("expected {\"display_name\": \"…\"}".into()))?;
     let user = user_id(user)?;

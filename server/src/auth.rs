@@ -1,15 +1,21 @@
-//! HS256 JWT access tokens as djangorestframework-simplejwt issues them, verified by hand
-//! (hmac + sha2, constant-time comparison) so that no heavy crypto backend is compiled.
+//! HS256 JWT access tokens as djangorestframework-simplejwt issues them: the JWS (parts,
+//! header, algorithm, signature) through `jsonwebtoken`, the claims checked here.
 //!
 //! Only `alg: HS256` is accepted: `none`, HS384/HS512, RS256 and everything else are
 //! refused before the signature is looked at, so a key can never be used with an
 //! algorithm it was not meant for.
+//!
+//! The dates (`exp`, `nbf`, with the leeway) are checked here rather than by
+//! `jsonwebtoken`'s `Validation`, for four reasons found by reading its version 12: it
+//! reads the wall clock itself (the server and its tests pass one `now`); it accepts a
+//! token at `exp == now`, a second longer than PyJWT, which simplejwt uses; it computes
+//! `now - leeway` unchecked (a huge leeway panics in a debug build); and it refuses a
+//! float `exp` beyond `u64`, which PyJWT accepts.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use hablar_protocol::{names, UserId};
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::Value;
 use sha2::Sha256;
 
@@ -42,6 +48,30 @@ pub enum AuthError {
     /// A required claim (`exp`, `user_id`) is missing or of the wrong type.
     #[error("token claim missing or invalid: {0}")]
     Claim(&'static str),
+    /// The key is empty: `jsonwebtoken` refuses to sign or verify with it.
+    #[error("token key empty")]
+    EmptyKey,
+}
+
+impl AuthError {
+    /// The reason for a `jsonwebtoken` error while decoding a token whose header is HS256.
+    fn from_decode(err: &jsonwebtoken::errors::Error) -> Self {
+        match err.kind() {
+            ErrorKind::InvalidSignature => Self::Signature,
+            ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => Self::Algorithm,
+            _ => Self::Malformed,
+        }
+    }
+
+    /// The reason for a `jsonwebtoken` error while reading a token's header alone.
+    fn from_header(err: &jsonwebtoken::errors::Error) -> Self {
+        match err.kind() {
+            // JSON of the wrong shape: in a header, an `alg` missing or not one
+            // `jsonwebtoken` knows (`none`, `hs256`…).
+            ErrorKind::Json(json) if json.classify() == serde_json::error::Category::Data => Self::Algorithm,
+            _ => Self::Malformed,
+        }
+    }
 }
 
 /// The claims the server uses from a verified token.
@@ -69,18 +99,14 @@ impl Claims {
     }
 }
 
-#[derive(Deserialize)]
-struct Header {
-    alg: String,
-    #[serde(default)]
-    crit: Option<Value>,
-}
-
 /// Verifies access tokens with one HS256 key.
 #[derive(Clone)]
 pub struct Verifier {
-    /// The keyed MAC, cloned per verification so the key schedule runs once.
-    mac: HmacSha256,
+    /// The key, or `None` when it is empty: then every token is refused (the
+    /// configuration refuses an empty key before it gets here).
+    key: Option<DecodingKey>,
+    /// HS256 only; the dates are checked in [`Verifier::verify`] (see the module doc).
+    validation: Validation,
     /// Seconds of clock skew accepted on `exp` and `nbf`.
     leeway: u64,
 }
@@ -96,32 +122,36 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     /// A verifier for `secret` with `leeway` seconds of clock skew.
     pub fn new(secret: &[u8], leeway: u64) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        // `exp` is required and read below, as PyJWT reads it.
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        // simplejwt adds `aud` only when configured with an audience, and the server has
+        // none to check it against: it is ignored, as it always was.
+        validation.validate_aud = false;
         Self {
-            mac: HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length"),
+            key: DecodingKey::from_secret(secret).ok(),
+            validation,
             leeway,
         }
     }
 
     /// Checks `token` at `now` (Unix seconds) and returns its claims.
     pub fn verify(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
-        let mut parts = token.split('.');
-        let (Some(header_b64), Some(payload_b64), Some(sig_b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(AuthError::Malformed);
-        };
-        let header: Header = decode_json(header_b64)?;
-        if header.alg != "HS256" || header.crit.is_some() {
+        // The header is read first, alone, so that an algorithm `jsonwebtoken` does not
+        // know (`none`) is told apart from a token that is not a JWT at all.
+        let header = jsonwebtoken::decode_header(token).map_err(|err| AuthError::from_header(&err))?;
+        // No extension is understood, so none may be critical (`jsonwebtoken` would
+        // take `b64`).
+        if header.alg != Algorithm::HS256 || header.crit.is_some() {
             return Err(AuthError::Algorithm);
         }
-        let signature = URL_SAFE_NO_PAD
-            .decode(sig_b64.trim_end_matches('='))
-            .map_err(|_| AuthError::Malformed)?;
-        let mut mac = self.mac.clone();
-        mac.update(&token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()]);
-        mac.verify_slice(&signature).map_err(|_| AuthError::Signature)?;
+        let key = self.key.as_ref().ok_or(AuthError::Signature)?;
+        let claims = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, &self.validation)
+            .map_err(|err| AuthError::from_decode(&err))?
+            .claims;
 
-        let claims: serde_json::Map<String, Value> = decode_json(payload_b64)?;
         if claims.get("token_type").and_then(Value::as_str) != Some("access") {
             return Err(AuthError::NotAccess);
         }
@@ -152,7 +182,8 @@ impl Verifier {
     }
 }
 
-/// Reads a NumericDate (an integer or a float of seconds; PyJWT accepts both).
+/// Reads a NumericDate as PyJWT does (`int(exp)`): an integer, or a float of seconds cut
+/// to whole seconds; one beyond `u64` is the end of time, not an error.
 fn numeric_date(value: Option<&Value>) -> Option<u64> {
     let n = value?.as_number()?;
     n.as_u64().or_else(|| {
@@ -162,22 +193,12 @@ fn numeric_date(value: Option<&Value>) -> Option<u64> {
     })
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, AuthError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part.trim_end_matches('='))
-        .map_err(|_| AuthError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
-}
-
 /// Signs `claims` as an HS256 JWT (the dev token endpoint uses it).
-pub fn mint_hs256(secret: &[u8], claims: &Value) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let signing_input = format!("{header}.{payload}");
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    mac.update(signing_input.as_bytes());
-    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-    format!("{signing_input}.{signature}")
+pub fn mint_hs256(secret: &[u8], claims: &Value) -> Result<String, AuthError> {
+    let key = EncodingKey::from_secret(secret).map_err(|_| AuthError::EmptyKey)?;
+    // `Header::default()` is `{"typ":"JWT","alg":"HS256"}`.
+    Ok(jsonwebtoken::encode(&Header::default(), claims, &key)
+        .expect("an HMAC key signs HS256, and a JSON value always serialises"))
 }
 
 /// Compares a given secret with the expected one in constant time. Both are MACed to
@@ -200,6 +221,9 @@ pub fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
 mod tests {
     use serde_json::json;
 
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+
     use super::*;
 
     const KEY: &[u8] = b"test-key";
@@ -213,6 +237,10 @@ mod tests {
         format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
     }
 
+    fn mint(key: &[u8], claims: &Value) -> String {
+        mint_hs256(key, claims).expect("a non-empty key signs")
+    }
+
     fn access(user_id: Value, exp: u64) -> Value {
         json!({"token_type": "access", "exp": exp, "iat": NOW - 10, "jti": "abc", "user_id": user_id})
     }
@@ -221,11 +249,11 @@ mod tests {
     fn accepts_a_simplejwt_access_token_with_string_or_integer_user_id() {
         let v = Verifier::new(KEY, 0);
         let claims = v
-            .verify(&mint_hs256(KEY, &access(json!("alice"), NOW + 60)), NOW)
+            .verify(&mint(KEY, &access(json!("alice"), NOW + 60)), NOW)
             .expect("valid");
         assert_eq!(claims.user_id.as_str(), "alice");
         let claims = v
-            .verify(&mint_hs256(KEY, &access(json!(42), NOW + 60)), NOW)
+            .verify(&mint(KEY, &access(json!(42), NOW + 60)), NOW)
             .expect("valid");
         assert_eq!(claims.user_id.as_str(), "42");
         assert_eq!(claims.exp, NOW + 60);
@@ -234,7 +262,7 @@ mod tests {
     #[test]
     fn refuses_a_wrong_key() {
         let v = Verifier::new(KEY, 0);
-        let t = mint_hs256(b"other-key", &access(json!("alice"), NOW + 60));
+        let t = mint(b"other-key", &access(json!("alice"), NOW + 60));
         assert_eq!(v.verify(&t, NOW), Err(AuthError::Signature));
     }
 
@@ -258,28 +286,19 @@ mod tests {
     fn refuses_refresh_tokens_and_missing_claims() {
         let v = Verifier::new(KEY, 0);
         let refresh = json!({"token_type": "refresh", "exp": NOW + 60, "user_id": "alice"});
-        assert_eq!(
-            v.verify(&mint_hs256(KEY, &refresh), NOW),
-            Err(AuthError::NotAccess)
-        );
+        assert_eq!(v.verify(&mint(KEY, &refresh), NOW), Err(AuthError::NotAccess));
         let no_type = json!({"exp": NOW + 60, "user_id": "alice"});
-        assert_eq!(
-            v.verify(&mint_hs256(KEY, &no_type), NOW),
-            Err(AuthError::NotAccess)
-        );
+        assert_eq!(v.verify(&mint(KEY, &no_type), NOW), Err(AuthError::NotAccess));
         let no_exp = json!({"token_type": "access", "user_id": "alice"});
-        assert_eq!(
-            v.verify(&mint_hs256(KEY, &no_exp), NOW),
-            Err(AuthError::Claim("exp"))
-        );
+        assert_eq!(v.verify(&mint(KEY, &no_exp), NOW), Err(AuthError::Claim("exp")));
         let no_user = json!({"token_type": "access", "exp": NOW + 60});
         assert_eq!(
-            v.verify(&mint_hs256(KEY, &no_user), NOW),
+            v.verify(&mint(KEY, &no_user), NOW),
             Err(AuthError::Claim("user_id"))
         );
         let bad_user = access(json!(["alice"]), NOW + 60);
         assert_eq!(
-            v.verify(&mint_hs256(KEY, &bad_user), NOW),
+            v.verify(&mint(KEY, &bad_user), NOW),
             Err(AuthError::Claim("user_id"))
         );
     }
@@ -287,7 +306,7 @@ mod tests {
     #[test]
     fn expiry_has_zero_leeway_by_default_and_configurable_leeway() {
         let strict = Verifier::new(KEY, 0);
-        let t = mint_hs256(KEY, &access(json!("alice"), NOW));
+        let t = mint(KEY, &access(json!("alice"), NOW));
         assert_eq!(strict.verify(&t, NOW), Err(AuthError::Expired));
         assert!(strict.verify(&t, NOW - 1).is_ok());
         let lenient = Verifier::new(KEY, 30);
@@ -295,7 +314,7 @@ mod tests {
         assert_eq!(lenient.verify(&t, NOW + 30), Err(AuthError::Expired));
         let future = json!({"token_type": "access", "exp": NOW + 60, "nbf": NOW + 10, "user_id": "a"});
         assert_eq!(
-            strict.verify(&mint_hs256(KEY, &future), NOW),
+            strict.verify(&mint(KEY, &future), NOW),
             Err(AuthError::NotYetValid)
         );
     }
@@ -306,7 +325,7 @@ mod tests {
         for bad in ["", "a", "a.b", "a.b.c.d", "!!.??.**", "e30.e30.e30"] {
             assert!(v.verify(bad, NOW).is_err(), "{bad:?}");
         }
-        let good = mint_hs256(KEY, &access(json!("alice"), NOW + 60));
+        let good = mint(KEY, &access(json!("alice"), NOW + 60));
         let mut parts: Vec<&str> = good.split('.').collect();
         let forged = URL_SAFE_NO_PAD.encode(access(json!("admin"), NOW + 60).to_string());
         parts[1] = &forged;
@@ -316,7 +335,7 @@ mod tests {
     #[test]
     fn error_texts_never_contain_the_token() {
         let v = Verifier::new(KEY, 0);
-        let t = mint_hs256(b"wrong", &access(json!("alice"), NOW + 60));
+        let t = mint(b"wrong", &access(json!("alice"), NOW + 60));
         let err = v.verify(&t, NOW).expect_err("wrong key");
         assert!(!err.to_string().contains(&t[..10]));
     }
@@ -353,6 +372,80 @@ mod tests {
         );
         c.username = Some("\u{2066}".into());
         assert_eq!(c.fallback_name(), "7");
+    }
+
+    #[test]
+    fn an_exp_is_read_as_pyjwt_reads_it_whatever_its_size() {
+        let v = Verifier::new(KEY, 0);
+        let exps = [
+            (json!(1u64 << 63), 1u64 << 63),
+            (json!(u64::MAX), u64::MAX),
+            // Beyond `u64` (`jsonwebtoken`'s own check refuses it; PyJWT takes it).
+            (json!(1e300), u64::MAX),
+            // Cut, not rounded: PyJWT's `int(exp)`.
+            (json!(NOW as f64 + 60.9), NOW + 60),
+            (json!(NOW as f64 + 60.0), NOW + 60),
+        ];
+        for (exp, read) in exps {
+            let claims = json!({"token_type": "access", "exp": exp, "user_id": "a"});
+            let verified = v.verify(&mint(KEY, &claims), NOW);
+            assert_eq!(verified.map(|c| c.exp), Ok(read), "{exp}");
+        }
+        for exp in [json!(-1), json!("soon"), json!(null)] {
+            let claims = json!({"token_type": "access", "exp": exp, "user_id": "a"});
+            assert_eq!(
+                v.verify(&mint(KEY, &claims), NOW),
+                Err(AuthError::Claim("exp")),
+                "{exp}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_dates_are_judged_at_the_given_time_with_any_leeway() {
+        // At a time long past (the wall clock would call the token expired) and with a
+        // leeway beyond any clock (`now - leeway` must not overflow).
+        let t = mint(KEY, &access(json!("alice"), NOW));
+        assert!(Verifier::new(KEY, 0).verify(&t, NOW - 1).is_ok());
+        assert!(Verifier::new(KEY, u64::MAX).verify(&t, NOW * 10).is_ok());
+        let future = json!({"token_type": "access", "exp": NOW + 60, "nbf": u64::MAX, "user_id": "a"});
+        assert!(Verifier::new(KEY, u64::MAX)
+            .verify(&mint(KEY, &future), NOW)
+            .is_ok());
+        let bad_nbf = json!({"token_type": "access", "exp": NOW + 60, "nbf": "now", "user_id": "a"});
+        assert_eq!(
+            Verifier::new(KEY, 0).verify(&mint(KEY, &bad_nbf), NOW),
+            Err(AuthError::Claim("nbf"))
+        );
+    }
+
+    #[test]
+    fn an_audience_is_ignored_and_any_crit_header_refused() {
+        let v = Verifier::new(KEY, 0);
+        let mut claims = access(json!("alice"), NOW + 60);
+        claims["aud"] = json!("somebody-else");
+        assert!(v.verify(&mint(KEY, &claims), NOW).is_ok());
+        // `b64: true` is the default encoding, but no extension is understood here.
+        let crit = token(r#"{"alg":"HS256","b64":true,"crit":["b64"]}"#, &claims, KEY);
+        assert_eq!(v.verify(&crit, NOW), Err(AuthError::Algorithm));
+    }
+
+    #[test]
+    fn minted_tokens_carry_the_simplejwt_header_and_an_empty_key_signs_nothing() {
+        let t = mint(KEY, &access(json!("alice"), NOW + 60));
+        let header = t.split('.').next().expect("a header");
+        let header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64")).expect("json");
+        assert_eq!(header, json!({"alg": "HS256", "typ": "JWT"}));
+        assert_eq!(
+            mint_hs256(b"", &access(json!("alice"), NOW + 60)),
+            Err(AuthError::EmptyKey)
+        );
+        let forged = token(r#"{"alg":"HS256"}"#, &access(json!("alice"), NOW + 60), b"");
+        assert_eq!(
+            Verifier::new(b"", 0).verify(&forged, NOW),
+            Err(AuthError::Signature)
+        );
     }
 
     #[test]

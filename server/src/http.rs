@@ -6,25 +6,29 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use axum_extra::headers::authorization::Bearer;
+use axum_extra::headers::Authorization;
+use axum_extra::typed_header::TypedHeaderRejection;
+use axum_extra::TypedHeader;
 use hablar_protocol::events::HistoryPage;
 use hablar_protocol::limits::MAX_HISTORY_LIMIT;
 use hablar_protocol::{ChatId, CloseCode, Seq, UserId};
 use serde::Deserialize;
 use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::{mint_hs256, AuthError, Claims};
+use crate::auth::{mint_hs256, AuthError};
 use crate::connection::{self, RawConnect};
 use crate::error::{Error, Result};
 use crate::{admin, peer, AppState};
@@ -41,13 +45,13 @@ pub fn router(app: Arc<AppState>, private_metrics: bool) -> Router {
     if app.config.dev {
         api = api.route("/api/dev/token", post(dev_token));
     }
-    let api = api.layer(middleware::from_fn_with_state(app.clone(), cors));
+    let api = api.layer(cors(&app));
     let mut router = Router::new()
         .route("/ws/chat/{chat_id}/", get(ws_handshake))
         .route("/ws/chat/{chat_id}", get(ws_handshake))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(api)
-        .merge(admin::routes());
+        .merge(admin::routes(app.clone()));
     if !private_metrics {
         router = router.route("/metrics", get(metrics));
     }
@@ -123,9 +127,10 @@ async fn history(
     State(app): State<Arc<AppState>>,
     Path(chat): Path<String>,
     query: Result<Query<HistoryQuery>, QueryRejection>,
-    headers: HeaderMap,
+    authorization: BearerHeader,
 ) -> Result<Json<HistoryPage>> {
-    let claims = bearer_claims(&app, &headers)?;
+    let token = bearer_token(&authorization).ok_or(AuthError::Missing)?;
+    let claims = app.verifier.verify(token, unix_now())?;
     // Charged before the store is read, whatever the answer: a 403 or 404 costs as much.
     if let Err(wait) = app.history_rate.take(&claims.user_id, Instant::now()) {
         app.metrics.history_limited.fetch_add(1, Relaxed);
@@ -145,25 +150,22 @@ async fn history(
     ))
 }
 
-/// The verified claims of the `Authorization: Bearer` access token.
-fn bearer_claims(app: &AppState, headers: &HeaderMap) -> Result<Claims> {
-    let token = bearer(headers).ok_or(AuthError::Missing)?;
-    Ok(app.verifier.verify(token, unix_now())?)
-}
+/// The `Authorization: Bearer …` header; a rejection when it is missing or of another
+/// scheme, which the handlers answer with 401 like a missing token.
+pub(crate) type BearerHeader = Result<TypedHeader<Authorization<Bearer>>, TypedHeaderRejection>;
 
-/// The token of an `Authorization: Bearer …` header.
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+/// The token of an `Authorization: Bearer …` header, unless it is blank.
+pub(crate) fn bearer_token(header: &BearerHeader) -> Option<&str> {
+    header
+        .as_ref()
+        .ok()
+        .map(|TypedHeader(authorization)| authorization.token().trim())
+        .filter(|token| !token.is_empty())
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         app.metrics.render(),
     )
 }
@@ -196,7 +198,7 @@ async fn dev_token(
         "user_id": request.user_id,
         "username": username,
     });
-    let token = mint_hs256(secret.expose().as_bytes(), &claims);
+    let token = mint_hs256(secret.expose().as_bytes(), &claims)?;
     tracing::info!(user = %request.user_id, ttl, "dev token issued");
     Ok(Json(
         json!({ "token": token, "user_id": request.user_id, "username": username }),
@@ -205,34 +207,16 @@ async fn dev_token(
 
 /// CORS for the origins the WebSocket accepts: the allow-list, and in dev mode any
 /// loopback origin (browser tests run pages on random ports).
-async fn cors(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let origin = request
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .filter(|o| app.origins.allows(Some(o)))
-        .and_then(|o| HeaderValue::from_str(o).ok());
-    let Some(origin) = origin else {
-        return next.run(request).await;
-    };
-    let mut response = if request.method() == Method::OPTIONS {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        next.run(request).await
-    };
-    let headers = response.headers_mut();
-    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, OPTIONS"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, content-type"),
-    );
-    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
-    headers.insert(header::VARY, HeaderValue::from_static("origin"));
-    response
+fn cors(app: &Arc<AppState>) -> CorsLayer {
+    let origins = app.origins.clone();
+    CorsLayer::new()
+        // An origin that is not visible ASCII cannot be on the list.
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin.to_str().is_ok_and(|origin| origins.allows(Some(origin)))
+        }))
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(600))
 }
 
 fn unix_now() -> u64 {

@@ -1,11 +1,20 @@
-//! Counters for `/metrics`, in the Prometheus text format, from plain atomics.
+//! The server's counters, plain atomics bumped where things happen, and their
+//! exposition at `/metrics` in the Prometheus text format through `prometheus-client`.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 use hablar_protocol::CloseCode;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::peer::Refusal;
+
+/// The `Content-Type` of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Close codes counted separately; everything else is `other`.
 const CLOSE_CODES: [u16; 12] = [
@@ -65,90 +74,131 @@ impl Metrics {
         self.refused[refusal_index(why)].fetch_add(1, Relaxed);
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition (format 0.0.4) of the counters as they are now.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        let load = |counters: &[AtomicU64]| counters.iter().map(|c| c.load(Relaxed)).collect();
+        let snapshot = Snapshot {
+            connections: self.connections.load(Relaxed),
+            connections_total: self.connections_total.load(Relaxed),
+            rooms: self.rooms.load(Relaxed),
+            messages_in: self.messages_in.load(Relaxed),
+            messages_out: self.messages_out.load(Relaxed),
+            messages_stored: self.messages_stored.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            history_limited: self.history_limited.load(Relaxed),
+            refused: load(&self.refused),
+            closes: load(&self.closes),
         };
-        metric(
-            "hablar_connections",
-            "gauge",
-            "WebSocket connections open now.",
-            self.connections.load(Relaxed).to_string(),
-        );
-        metric(
-            "hablar_connections_total",
-            "counter",
-            "WebSocket connections accepted.",
-            self.connections_total.load(Relaxed).to_string(),
-        );
-        metric(
-            "hablar_rooms",
-            "gauge",
-            "Chats with WebSocket connections on this instance.",
-            self.rooms.load(Relaxed).to_string(),
-        );
-        metric(
-            "hablar_messages_in_total",
-            "counter",
-            "Frames received from clients.",
-            self.messages_in.load(Relaxed).to_string(),
-        );
-        metric(
-            "hablar_messages_out_total",
-            "counter",
-            "Frames queued to clients.",
-            self.messages_out.load(Relaxed).to_string(),
-        );
-        metric(
-            "hablar_messages_stored_total",
-            "counter",
-            "Chat messages stored.",
-            self.messages_stored.load(Relaxed).to_string(),
-        );
-        metric(
-            "hablar_dropped_total",
-            "counter",
-            "Frames dropped (typing) or held back (presence) for a full connection queue.",
-            self.dropped.load(Relaxed).to_string(),
-        );
-        metric(
-            "hablar_history_limited_total",
-            "counter",
-            "History requests answered 429 (per-user rate limit).",
-            self.history_limited.load(Relaxed).to_string(),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hablar_handshakes_refused_total Handshakes refused with 4429 before the token check, by reason.\n# TYPE hablar_handshakes_refused_total counter"
-        );
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(snapshot));
+        let mut out = String::with_capacity(2048);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// The counters read once per scrape, so that the registry owns what it encodes (the
+/// call sites keep bumping plain atomics).
+#[derive(Debug)]
+struct Snapshot {
+    connections: i64,
+    connections_total: u64,
+    rooms: i64,
+    messages_in: u64,
+    messages_out: u64,
+    messages_stored: u64,
+    dropped: u64,
+    history_limited: u64,
+    /// In [`refusal_index`] order.
+    refused: Vec<u64>,
+    /// In `CLOSE_CODES` order, then `other`.
+    closes: Vec<u64>,
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        // Counter names are given without `_total`: the encoder appends it.
+        let gauges = [
+            (
+                "hablar_connections",
+                "WebSocket connections open now.",
+                self.connections,
+            ),
+            (
+                "hablar_rooms",
+                "Chats with WebSocket connections on this instance.",
+                self.rooms,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        let counters = [
+            (
+                "hablar_connections",
+                "WebSocket connections accepted.",
+                self.connections_total,
+            ),
+            (
+                "hablar_messages_in",
+                "Frames received from clients.",
+                self.messages_in,
+            ),
+            (
+                "hablar_messages_out",
+                "Frames queued to clients.",
+                self.messages_out,
+            ),
+            (
+                "hablar_messages_stored",
+                "Chat messages stored.",
+                self.messages_stored,
+            ),
+            (
+                "hablar_dropped",
+                "Frames dropped (typing) or held back (presence) for a full connection queue.",
+                self.dropped,
+            ),
+            (
+                "hablar_history_limited",
+                "History requests answered 429 (per-user rate limit).",
+                self.history_limited,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "hablar_handshakes_refused",
+            "Handshakes refused with 4429 before the token check, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
         for why in [Refusal::Throttled, Refusal::AddressFull, Refusal::InstanceFull] {
             let reason = match why {
                 Refusal::Throttled => "failed_handshakes",
                 Refusal::AddressFull => "connections_per_ip",
                 Refusal::InstanceFull => "connections",
             };
-            let count = self.refused[refusal_index(why)].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "hablar_handshakes_refused_total{{reason=\"{reason}\"}} {count}"
-            );
+            ConstCounter::new(self.refused[refusal_index(why)])
+                .encode(family.encode_family(&[("reason", reason)])?)?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP hablar_closes_total WebSocket closes by close code.\n# TYPE hablar_closes_total counter"
-        );
-        for (i, code) in CLOSE_CODES.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "hablar_closes_total{{code=\"{code}\"}} {}",
-                self.closes[i].load(Relaxed)
-            );
+
+        let mut family = encoder.encode_descriptor(
+            "hablar_closes",
+            "WebSocket closes by close code.",
+            None,
+            MetricType::Counter,
+        )?;
+        let codes = CLOSE_CODES.iter().map(u16::to_string).chain(["other".to_owned()]);
+        for (code, count) in codes.zip(&self.closes) {
+            ConstCounter::new(*count).encode(family.encode_family(&[("code", code.as_str())])?)?;
         }
-        let other = self.closes[CLOSE_CODES.len()].load(Relaxed);
-        let _ = writeln!(out, "hablar_closes_total{{code=\"other\"}} {other}");
-        out
+        Ok(())
     }
 }
 
@@ -180,5 +230,44 @@ mod tests {
         assert!(text.contains("hablar_closes_total{code=\"4408\"} 1\n"));
         assert!(text.contains("hablar_closes_total{code=\"other\"} 1\n"));
         assert_eq!(m.closes(CloseCode::TooSlow), 1);
+    }
+
+    #[test]
+    fn renders_every_metric_with_its_type_and_labels() {
+        let text = Metrics::default().render();
+        let types = [
+            ("hablar_connections", "gauge"),
+            ("hablar_rooms", "gauge"),
+            ("hablar_connections_total", "counter"),
+            ("hablar_messages_in_total", "counter"),
+            ("hablar_messages_out_total", "counter"),
+            ("hablar_messages_stored_total", "counter"),
+            ("hablar_dropped_total", "counter"),
+            ("hablar_history_limited_total", "counter"),
+            ("hablar_handshakes_refused_total", "counter"),
+            ("hablar_closes_total", "counter"),
+        ];
+        for (name, kind) in types {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} {kind}\n{text}"
+            );
+        }
+        for reason in ["failed_handshakes", "connections_per_ip", "connections"] {
+            assert!(
+                text.contains(&format!(
+                    "hablar_handshakes_refused_total{{reason=\"{reason}\"}} 0\n"
+                )),
+                "{reason}"
+            );
+        }
+        for code in CLOSE_CODES.iter().map(u16::to_string).chain(["other".into()]) {
+            assert!(
+                text.contains(&format!("hablar_closes_total{{code=\"{code}\"}} 0\n")),
+                "{code}"
+            );
+        }
+        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples, 8 + 3 + CLOSE_CODES.len() + 1, "no other samples\n{text}");
     }
 }
