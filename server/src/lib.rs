@@ -5,7 +5,7 @@
 //! Layout:
 //! - [`config`]: clap flags (each also from the environment) and the limits.
 //! - [`error`]: the crate's [`Error`] and its one mapping to HTTP responses.
-//! - [`auth`]: HS256 access-token verification (simplejwt compatible), by hand.
+//! - [`auth`]: HS256 access-token verification (simplejwt compatible) through `jsonwebtoken`.
 //! - [`origin`]: the `Origin` allow-list checked before the upgrade.
 //! - [`backend`]: the store + broker trait and its in-memory implementation.
 //! - [`rooms`]: the local hub fanning a chat's events out to this instance's sockets.
