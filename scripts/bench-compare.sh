@@ -1,38 +1,42 @@
 #!/usr/bin/env bash
-# Side by side: hablar-server built at two commits and measured in ONE run, so that a
-# change that could cost speed or memory is judged against the commit before it on the
-# same machine minutes apart (the machine's noise drifts over minutes; two separate runs
-# of one build have differed by up to 1.7× in a sweep figure, see BENCHMARKS.md).
+# Side by side: hablar-server built at two or more commits and measured in ONE run, so
+# that a change that could cost speed or memory is judged against the commit before it on
+# the same machine minutes apart (the machine's noise drifts over minutes: two separate
+# runs of one build have differed by up to 1.7x in a sweep figure, see BENCHMARKS.md).
 #
-#   scripts/bench-compare.sh BEFORE [AFTER]     AFTER defaults to the working tree's HEAD
-#   REPEATS=3 RATES_A="320 640" RATES_B="2560" scripts/bench-compare.sh a98705b
+#   scripts/bench-compare.sh BEFORE [AFTER …]   AFTER defaults to HEAD; more commits may follow
+#   REPEATS=3 RATES_A="320 640" RATES_B="2560" scripts/bench-compare.sh a98705b HEAD
+#   BUILD_ONLY=1 scripts/bench-compare.sh a98705b   build (and cache) the binaries, run nothing
 #
 # What it measures, per layout (a: 1 chat × 1,000 members; b: 1,000 chats × 10 members)
 # and backend (embedded, Redis), at FIXED offered publish rates rather than a rate sweep:
 # a sweep's figure moves on a ×2 grid and flips between runs of one build, while the
 # latency and the server's CPU at one offered rate are steadier and say directly what a
-# change costs. Each (layout, backend, rate) is run REPEATS times, the two builds
-# alternating and their order swapped every repeat; the table shows the median of each
-# figure and every repeat's p99. Layout b's connect phase also gives the idle memory per
+# change costs. Each (layout, backend, rate) is run REPEATS times, the builds alternating
+# and their order turned around every repeat; the table shows the median of each figure
+# and every repeat's p99. Layout b's connect phase also gives the idle memory per
 # connection (10,000 connections).
 #
-# The load generator is the AFTER tree's hablar-bench for both builds. Each build runs
-# with the limits a benchmark needs out of its way (rate limits; the per-address and
-# instance connection caps where the build has them: the generator's 10,000
-# connections all come from 127.0.0.1).
+# The load generator is this tree's hablar-bench for every build. Each build runs with
+# the limits a benchmark needs out of its way: rate limits, and the per-address and
+# instance connection caps where the build has them (the generator's 10,000 connections
+# all come from 127.0.0.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-BEFORE=${1:?usage: scripts/bench-compare.sh BEFORE [AFTER]}
-AFTER=${2:-HEAD}
+(($#)) || { echo "usage: scripts/bench-compare.sh BEFORE [AFTER …]" >&2; exit 2; }
+REVS=("$@")
+((${#REVS[@]} > 1)) || REVS+=(HEAD)
 REPEATS=${REPEATS:-3}
 RATES_A=${RATES_A:-"320 640"}
 RATES_B=${RATES_B:-"2560"}
 PROFILE=bench-release
 OUT=target/bench-compare
 export BENCH_LOGS=$OUT/logs
-rm -rf "$OUT"
+# Results start afresh; the binaries are kept per commit (bin/), so a later run against
+# the same commits builds nothing again.
+rm -rf "$OUT/logs" "$OUT"/*.json
 mkdir -p "$OUT/bin" "$BENCH_LOGS"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 renice -n -10 -p $$ >/dev/null 2>&1 || true
@@ -41,24 +45,31 @@ trap 'stop_all; for w in "$OUT"/tree-*; do git worktree remove --force "$w" 2>/d
 
 say() { printf '\n=== %s\n' "$*" >&2; }
 
-# build REV NAME: hablar-server at REV into $OUT/bin/NAME. Both builds share this
-# checkout's target dir, so the dependencies are compiled once.
+# build REV: hablar-server at REV into $OUT/bin/SHORT-HASH, unless it is there. Every
+# build shares this checkout's target dir, so the dependencies are compiled once.
 build() {
-  local rev=$1 name=$2 tree
+  local rev name tree
+  rev=$(git rev-parse "$1^{commit}")
+  name=$(git rev-parse --short "$rev")
+  [[ -x $OUT/bin/$name ]] && return 0
   tree=$(realpath -m "$OUT/tree-$name")
   git worktree add --quiet --detach "$tree" "$rev"
-  say "building hablar-server at $(git rev-parse --short "$rev") ($name)"
-  (cd "$tree" && CARGO_TARGET_DIR=$PWD/../../../target cargo build --quiet --profile "$PROFILE" -p hablar-server)
+  say "building hablar-server at $name"
+  (cd "$tree" && CARGO_TARGET_DIR=$OLDPWD/target cargo build --quiet --profile "$PROFILE" -p hablar-server)
   cp "target/$PROFILE/hablar-server" "$OUT/bin/$name"
   git worktree remove --force "$tree"
 }
-build "$BEFORE" before
-build "$AFTER" after
+BUILDS=()
+for rev in "${REVS[@]}"; do
+  build "$rev"
+  BUILDS+=("$(git rev-parse --short "$rev^{commit}")")
+done
 say "building the load generator (this tree)"
 cargo build --quiet --profile "$PROFILE" -p hablar-bench
 GEN=target/$PROFILE/hablar-bench
+[[ -n ${BUILD_ONLY:-} ]] && exit 0
 
-# start NAME LOGNAME [flags…]: one build of hablar-server, with the benchmark's limits.
+# start BUILD LOGNAME [flags…]: one build of hablar-server, with the benchmark's limits.
 start() {
   local bin=$OUT/bin/$1 log=$BENCH_LOGS/$2
   shift 2
@@ -95,8 +106,9 @@ run() {
 }
 
 for ((rep = 1; rep <= REPEATS; rep++)); do
-  order=(before after)
-  ((rep % 2 == 0)) && order=(after before)
+  # Every repeat turns the order around, so that no build always runs first.
+  order=("${BUILDS[@]}")
+  ((rep % 2 == 0)) && mapfile -t order < <(printf '%s\n' "${BUILDS[@]}" | tac)
   for layout in a b; do
     rates=$RATES_A
     [[ $layout == b ]] && rates=$RATES_B
@@ -112,9 +124,9 @@ for ((rep = 1; rep <= REPEATS; rep++)); do
 done
 
 say "results (medians of $REPEATS repeats)"
-python3 - "$OUT" "$(git rev-parse --short "$BEFORE")" "$(git rev-parse --short "$AFTER")" <<'PY'
+python3 - "$OUT" "${BUILDS[@]}" <<'PY'
 import glob, json, os, statistics, sys
-out, before, after = sys.argv[1:4]
+out, builds = sys.argv[1], sys.argv[2:]
 runs = {}
 for path in sorted(glob.glob(os.path.join(out, "*.json"))):
     r = json.load(open(path))
@@ -123,16 +135,20 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
 def med(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else float("nan")
-print(f"before = {before}, after = {after}; delivered/s, latency p50/p99 (ms), server CPU (cores); idle B/conn from layout b's 10,000 connections")
-print(f"{'layout-backend-rate':<24} {'build':<7} {'delivered/s':>12} {'p50':>7} {'p99':>7} {'p99 each':>22} {'cpu':>6} {'idle B/conn':>12}")
+print(f"builds in commit order: {', '.join(builds)}; delivered/s, latency p50/p99 (ms), "
+      "server CPU (cores, Redis included); idle bytes per connection from layout b (10,000)")
+print(f"{'layout-backend-rate':<22} {'build':<9} {'delivered/s':>11} {'p50':>6} {'p99':>6} "
+      f"{'p99 each':>18} {'cpu':>5} {'idle B/conn':>11}")
 for scenario in sorted({k[0] for k in runs}):
-    for build in ("before", "after"):
+    for build in builds:
         rs = runs.get((scenario, build), [])
         steps = [s for _, s in rs if s]
         p99s = [s["latency"]["p99_ms"] for s in steps]
-        idle = med([r["idle"]["bytes_per_connection"] for r, _ in rs if r.get("idle")]) if scenario.startswith("b") else None
-        print(f"{scenario:<24} {build:<7} {med([s['delivered_per_sec'] for s in steps]):>12.0f} "
-              f"{med([s['latency']['p50_ms'] for s in steps]):>7.1f} {med(p99s):>7.1f} "
-              f"{'/'.join(f'{p:.0f}' for p in p99s):>22} {med([s['server_cpu'] for s in steps]):>6.2f} "
-              f"{'' if idle is None else f'{idle:,.0f}':>12}")
+        idle = ""
+        if scenario.startswith("b"):
+            idle = f"{med([r['idle']['bytes_per_connection'] for r, _ in rs if r.get('idle')]):,.0f}"
+        print(f"{scenario:<22} {build:<9} {med([s['delivered_per_sec'] for s in steps]):>11.0f} "
+              f"{med([s['latency']['p50_ms'] for s in steps]):>6.1f} {med(p99s):>6.1f} "
+              f"{'/'.join(f'{p:.0f}' for p in p99s):>18} {med([s['server_cpu'] for s in steps]):>5.2f} "
+              f"{idle:>11}")
 PY
