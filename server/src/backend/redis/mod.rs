@@ -228,7 +228,7 @@ const ID_NEEDLE: &str = "\"id\":\"__hablar_message_id__\"";
 const SEQ_NEEDLE: &str = "\"seq\":18446744073709551615";
 
 /// The append script, also sent whole (`EVAL`) when Redis has lost its script cache.
-const APPEND_LUA: &str = include_str!("redis/append.lua");
+const APPEND_LUA: &str = include_str!("append.lua");
 
 /// The scripts, loaded once per Redis (`EVALSHA`, re-loaded after a Redis restart).
 struct Scripts {
@@ -246,13 +246,13 @@ impl Scripts {
     fn new() -> Self {
         Self {
             append: Script::new(APPEND_LUA),
-            replay: Script::new(include_str!("redis/replay.lua")),
-            presence_join: Script::new(include_str!("redis/presence_join.lua")),
-            presence_leave: Script::new(include_str!("redis/presence_leave.lua")),
-            presence_beat: Script::new(include_str!("redis/presence_beat.lua")),
-            remove_member: Script::new(include_str!("redis/remove_member.lua")),
-            connection_acquire: Script::new(include_str!("redis/connection_acquire.lua")),
-            connection_renew: Script::new(include_str!("redis/connection_renew.lua")),
+            replay: Script::new(include_str!("replay.lua")),
+            presence_join: Script::new(include_str!("presence_join.lua")),
+            presence_leave: Script::new(include_str!("presence_leave.lua")),
+            presence_beat: Script::new(include_str!("presence_beat.lua")),
+            remove_member: Script::new(include_str!("remove_member.lua")),
+            connection_acquire: Script::new(include_str!("connection_acquire.lua")),
+            connection_renew: Script::new(include_str!("connection_renew.lua")),
         }
     }
 }
