@@ -8,6 +8,7 @@
 
 pub mod memory;
 pub mod redis;
+mod rules;
 
 use std::sync::Arc;
 

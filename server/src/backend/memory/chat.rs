@@ -8,7 +8,7 @@ use hablar_protocol::events::{Message, PresenceUser};
 use hablar_protocol::{ClientId, Epoch, Seq, UserId};
 use time::OffsetDateTime;
 
-use super::new_epoch;
+use crate::backend::rules::{new_epoch, oldest_retained};
 
 /// One chat's state.
 pub(super) struct Chat {
@@ -65,9 +65,6 @@ impl Chat {
     }
 
     pub(super) fn oldest_seq(&self) -> Seq {
-        self.messages
-            .front()
-            .and_then(|m| m.seq)
-            .unwrap_or(self.last_seq.next())
+        oldest_retained(self.messages.front().and_then(|m| m.seq), self.last_seq)
     }
 }

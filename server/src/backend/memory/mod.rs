@@ -11,13 +11,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hablar_protocol::events::{HistoryPage, Message, PresenceUser, Sender, ServerEvent};
-use hablar_protocol::{ChatId, Epoch, MessageId, Seq, UserId};
+use hablar_protocol::{ChatId, Epoch, Seq, UserId};
 use parking_lot::{Mutex, RwLock};
-use rand::distr::{Alphanumeric, SampleString as _};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use self::chat::Chat;
+use super::rules::{message_id, recovered, rfc3339};
 use super::{Appended, Backend, ChatEvent, EventSink, NewMessage, PresenceJoined, Replay};
 use crate::error::{Error, Result};
 
@@ -72,17 +71,6 @@ impl MemoryBackend {
             self.sink.deliver(chat, event);
         }
     }
-}
-
-fn new_epoch() -> Epoch {
-    Epoch::new(Alphanumeric.sample_string(&mut rand::rng(), 12)).expect("12 alphanumerics are a valid epoch")
-}
-
-fn rfc3339(at: OffsetDateTime) -> String {
-    // Microseconds, like Django REST framework.
-    let at = at.replace_nanosecond(at.nanosecond() / 1000 * 1000).unwrap_or(at);
-    at.format(&Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
 }
 
 #[async_trait]
@@ -166,7 +154,7 @@ impl Backend for MemoryBackend {
         }
         let seq = state.last_seq.next();
         let stored = Message {
-            id: MessageId::new(format!("{}-{seq}", state.epoch)).expect("epoch and seq make a short id"),
+            id: message_id(&state.epoch, seq),
             seq: Some(seq),
             chat_id: chat.clone(),
             content: message.content,
@@ -236,12 +224,14 @@ impl Backend for MemoryBackend {
         let Some(since) = since else {
             return Ok(replay);
         };
-        let same_epoch = epoch.is_none_or(|e| *e == state.epoch);
-        let missing = state.last_seq.0.saturating_sub(since.0) as usize;
-        // The first message the client lacks must still be retained. `since` comes from
-        // the client's query and may be `u64::MAX`: no `+ 1` on it may overflow.
-        let retained = Seq(since.0.saturating_add(1)) >= state.oldest_seq();
-        if !same_epoch || since > state.last_seq || !retained || missing > max {
+        if !recovered(
+            epoch,
+            &state.epoch,
+            since,
+            state.last_seq,
+            state.oldest_seq(),
+            max,
+        ) {
             replay.recovered = false;
             return Ok(replay);
         }

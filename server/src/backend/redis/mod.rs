@@ -50,10 +50,7 @@ use async_trait::async_trait;
 use hablar_protocol::events::{HistoryPage, PresenceUser};
 use hablar_protocol::{ChatId, Epoch, Seq, UserId};
 use parking_lot::Mutex;
-use rand::distr::{Alphanumeric, SampleString as _};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 
 pub use self::keys::Keys;
@@ -62,6 +59,7 @@ pub use self::options::RedisOptions;
 use self::presence::{heartbeat, LocalPresence, PRESENCE_ORDER_STRIPES};
 use self::pubsub::{supervise, Cursor};
 use self::scripts::{event_halves, Scripts};
+use super::rules::new_epoch;
 use super::{Appended, Backend, ChatEvent, ConnectionSlot, EventSink, NewMessage, PresenceJoined, Replay};
 use crate::error::{Error, Result};
 use crate::limits::ConnectionCounter;
@@ -121,17 +119,6 @@ fn backend_error(err: impl std::fmt::Display) -> Error {
     Error::Backend(format!("redis: {err}"))
 }
 
-fn new_epoch() -> String {
-    Alphanumeric.sample_string(&mut rand::rng(), 12)
-}
-
-fn rfc3339(at: OffsetDateTime) -> String {
-    // Microseconds, like Django REST framework and the embedded backend.
-    let at = at.replace_nanosecond(at.nanosecond() / 1000 * 1000).unwrap_or(at);
-    at.format(&Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
-}
-
 impl RedisBackend {
     /// Connects to `url` and starts the pub/sub supervisor and presence heartbeat.
     /// Fails if Redis cannot be reached now; later outages are survived.
@@ -160,7 +147,8 @@ impl RedisBackend {
             keys: Keys::new(opts.key_prefix.clone()),
             scripts: Scripts::new(),
             retention: retention.max(1),
-            instance: new_epoch(),
+            // Random like an epoch: new for every process, so never a crashed one's.
+            instance: new_epoch().to_string(),
             sink,
             subscribed: Mutex::default(),
             pubsub: tokio::sync::Mutex::new(None),

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use hablar_protocol::events::{Message, ServerEvent};
+use hablar_protocol::events::ServerEvent;
 use hablar_protocol::{ChatId, Seq};
 use redis::AsyncCommands as _;
 
 use super::membership::check_members;
 use super::{backend_error, Inner, RedisBackend};
+use crate::backend::rules::{epoch_of, gap_servable};
 use crate::backend::ChatEvent;
 use crate::error::{Error, Result};
 
@@ -24,11 +25,6 @@ pub(super) struct Cursor {
     pub(super) last: u64,
     /// Whether `epoch`/`last` are known yet (set at subscribe or by the first message).
     pub(super) known: bool,
-}
-
-/// The epoch part of a message id `{epoch}-{seq}`.
-pub(super) fn epoch_of(message: &Message) -> Option<&str> {
-    message.id.as_str().rsplit_once('-').map(|(epoch, _)| epoch)
 }
 
 impl Inner {
@@ -176,7 +172,7 @@ pub(super) async fn on_message(inner: &Inner, channel: &str, payload: &[u8]) {
         }
         return;
     };
-    let (Some(Seq(seq)), Some(epoch)) = (message.seq, epoch_of(message)) else {
+    let (Some(Seq(seq)), Some(epoch)) = (message.seq, epoch_of(&message.id)) else {
         return;
     };
     enum Next {
@@ -293,12 +289,10 @@ pub(super) async fn catch_up(inner: &Inner, chat: &ChatId) {
         resync("the chat's store was reset");
         return;
     }
-    let oldest = snap.oldest.unwrap_or(snap.last_seq + 1);
-    let missing = snap.last_seq.saturating_sub(cursor.last);
-    if missing == 0 {
+    if snap.last_seq <= cursor.last {
         return;
     }
-    if cursor.last + 1 < oldest || missing > max as u64 {
+    if !gap_servable(Seq(cursor.last), Seq(snap.last_seq), snap.oldest_retained(), max) {
         resync("the gap is no longer in the stream");
         return;
     }

@@ -95,11 +95,11 @@ fn template(chat: &ChatId, message: NewMessage, created_at: String) -> String {
 #[cfg(test)]
 mod tests {
     use hablar_protocol::events::PresenceUser;
-    use hablar_protocol::ClientId;
+    use hablar_protocol::{ClientId, Epoch};
 
-    use super::super::pubsub::epoch_of;
     use super::super::store::parse_message;
     use super::*;
+    use crate::backend::rules::{epoch_of, message_id};
 
     /// What the `append` script does to the template, in Rust.
     fn complete(template: &str, id: &str, seq: u64) -> String {
@@ -129,13 +129,17 @@ mod tests {
             client_id: Some(ClientId::new("c1").expect("client id")),
             extra: extra.clone(),
         };
-        let text = complete(&template(&chat, new, "2024-01-01T00:00:00Z".into()), "E-7", 7);
+        let text = complete(
+            &template(&chat, new, "2024-01-01T00:00:00Z".into()),
+            message_id(&Epoch::new("E").expect("epoch"), Seq(7)).as_str(),
+            7,
+        );
         let message = parse_message(&text).expect("a message");
         assert_eq!(message.id.as_str(), "E-7");
         assert_eq!(message.seq, Some(Seq(7)));
         assert_eq!(message.content, "\"id\":\"__hablar_message_id__\"");
         assert_eq!(message.extra, extra);
-        assert_eq!(epoch_of(&message), Some("E"));
+        assert_eq!(epoch_of(&message.id), Some("E"));
 
         let (prefix, suffix) = event_halves();
         let event: ChatEvent = serde_json::from_str(&format!("{prefix}{text}{suffix}")).expect("an event");

@@ -9,7 +9,8 @@ use time::OffsetDateTime;
 
 use super::keys::Keys;
 use super::scripts::{draft, APPEND_LUA, ID_NEEDLE, SEQ_NEEDLE};
-use super::{backend_error, new_epoch, rfc3339, Inner, RedisBackend};
+use super::{backend_error, Inner, RedisBackend};
+use crate::backend::rules::{new_epoch, oldest_retained, recovered, rfc3339};
 use crate::backend::{Appended, NewMessage, Replay};
 use crate::error::{Error, Result};
 
@@ -29,6 +30,14 @@ pub(super) struct Snapshot {
     pub(super) messages: Vec<Message>,
 }
 
+impl Snapshot {
+    /// The oldest retained seq, or the next one when the stream is empty (see
+    /// [`oldest_retained`]).
+    pub(super) fn oldest_retained(&self) -> Seq {
+        oldest_retained(self.oldest.map(Seq), Seq(self.last_seq))
+    }
+}
+
 impl Inner {
     /// The chat's epoch and newest seq and, from `from` on, up to `count` messages.
     pub(super) async fn snapshot(&self, chat: &ChatId, from: Option<u64>, count: usize) -> Result<Snapshot> {
@@ -40,7 +49,7 @@ impl Inner {
             .key(k.epoch(chat))
             .key(k.seq(chat))
             .key(k.messages(chat))
-            .arg(new_epoch())
+            .arg(new_epoch().as_str())
             .arg(from.map(|f| f.to_string()).unwrap_or_default())
             .arg(count.max(1));
         let reply: Vec<String> = self.run(invocation.invoke_async(&mut conn)).await?;
@@ -73,7 +82,7 @@ impl RedisBackend {
                 redis::pipe()
                     .atomic()
                     .hset_nx(inner.keys.meta(chat), "created_at", created_at)
-                    .set_nx(inner.keys.epoch(chat), new_epoch())
+                    .set_nx(inner.keys.epoch(chat), new_epoch().as_str())
                     .ignore()
                     .query_async(&mut conn),
             )
@@ -136,7 +145,7 @@ impl RedisBackend {
             let draft = draft(chat, message, created_at.clone());
             let template = serde_json::to_string(&draft).expect("a message serialises");
             let args = vec![
-                new_epoch(),
+                new_epoch().to_string(),
                 template,
                 inner.retention.to_string(),
                 idempotency,
@@ -276,13 +285,14 @@ impl RedisBackend {
         let Some(Seq(since)) = since else {
             return Ok(replay);
         };
-        let same_epoch = epoch.is_none_or(|e| *e == current);
-        let missing = snap.last_seq.saturating_sub(since);
-        // The first message the client lacks must still be retained.
-        let oldest = snap.oldest.unwrap_or(snap.last_seq + 1);
-        // `since` comes from the client's query and may be `u64::MAX`.
-        let retained = since.saturating_add(1) >= oldest;
-        if !same_epoch || since > snap.last_seq || !retained || missing > max as u64 {
+        if !recovered(
+            epoch,
+            &current,
+            Seq(since),
+            Seq(snap.last_seq),
+            snap.oldest_retained(),
+            max,
+        ) {
             replay.recovered = false;
             return Ok(replay);
         }
