@@ -810,9 +810,7 @@ fn handle_text(
                 client_id: parts.client_id.clone(),
                 message: NewMessage {
                     sender: me.clone(),
-                    content: parts.content,
-                    client_id: parts.client_id,
-                    extra: parts.extra,
+                    parts,
                 },
             })
         }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
-use hablar_protocol::events::{Extra, HistoryPage, Message, PresenceUser, ServerEvent};
-use hablar_protocol::{ChatId, ClientId, Epoch, Seq, UserId};
+use hablar_protocol::events::{HistoryPage, Message, MessageParts, PresenceUser, ServerEvent};
+use hablar_protocol::{ChatId, Epoch, Seq, UserId};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -65,17 +65,16 @@ pub trait EventSink: Send + Sync + 'static {
     }
 }
 
-/// A message to store, already checked and stamped with its sender.
+/// A message to store: a client's message as [`ClientMessage::into_parts`] checked it,
+/// stamped with its sender.
+///
+/// [`ClientMessage::into_parts`]: hablar_protocol::events::ClientMessage::into_parts
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewMessage {
     /// Who sends it (from the token, never from the client).
     pub sender: PresenceUser,
-    /// Trimmed, length-checked content.
-    pub content: String,
-    /// The idempotency key.
-    pub client_id: Option<ClientId>,
-    /// Pass-through fields, without server-owned ones.
-    pub extra: Extra,
+    /// The trimmed content, the idempotency key and the pass-through fields.
+    pub parts: MessageParts,
 }
 
 /// The outcome of [`Backend::append`].

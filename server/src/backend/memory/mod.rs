@@ -143,7 +143,7 @@ impl Backend for MemoryBackend {
             return Err(Error::NotMember);
         }
         state.expire_client_ids(now, self.idempotency_ttl);
-        if let Some(client_id) = &message.client_id {
+        if let Some(client_id) = &message.parts.client_id {
             let key = (message.sender.user_id.clone(), client_id.clone());
             if let Some(stored) = state.client_ids.get(&key).and_then(|seq| state.retained(*seq)) {
                 return Ok(Appended {
@@ -157,21 +157,21 @@ impl Backend for MemoryBackend {
             id: message_id(&state.epoch, seq),
             seq: Some(seq),
             chat_id: chat.clone(),
-            content: message.content,
+            content: message.parts.content,
             sender: Sender {
                 id: message.sender.user_id.clone(),
                 username: message.sender.username,
             },
             created_at: rfc3339(now),
-            client_id: message.client_id.clone(),
-            extra: message.extra,
+            client_id: message.parts.client_id.clone(),
+            extra: message.parts.extra,
         };
         state.last_seq = seq;
         state.messages.push_back(stored.clone());
         while state.messages.len() > self.retention {
             state.messages.pop_front();
         }
-        if let Some(client_id) = message.client_id {
+        if let Some(client_id) = message.parts.client_id {
             let user = message.sender.user_id;
             state.client_ids.insert((user.clone(), client_id.clone()), seq);
             state.client_id_order.push_back((now, seq, user, client_id));

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hablar_protocol::events::PresenceUser;
+use hablar_protocol::events::{MessageParts, PresenceUser};
 use hablar_protocol::{ChatId, ClientId, Epoch, Seq, UserId};
 use parking_lot::Mutex;
 use time::OffsetDateTime;
@@ -33,9 +33,11 @@ fn ids() -> (ChatId, PresenceUser) {
 fn msg(sender: &PresenceUser, content: &str, client_id: Option<&str>) -> NewMessage {
     NewMessage {
         sender: sender.clone(),
-        content: content.into(),
-        client_id: client_id.map(|c| ClientId::new(c).expect("client id")),
-        extra: Default::default(),
+        parts: MessageParts {
+            content: content.into(),
+            client_id: client_id.map(|c| ClientId::new(c).expect("client id")),
+            extra: Default::default(),
+        },
     }
 }
 

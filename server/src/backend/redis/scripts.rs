@@ -75,14 +75,14 @@ pub(super) fn draft(chat: &ChatId, message: NewMessage, created_at: String) -> M
         id: MessageId::new("__hablar_message_id__").expect("a valid id"),
         seq: Some(Seq(u64::MAX)),
         chat_id: chat.clone(),
-        content: message.content,
+        content: message.parts.content,
         sender: Sender {
             id: message.sender.user_id,
             username: message.sender.username,
         },
         created_at,
-        client_id: message.client_id,
-        extra: message.extra,
+        client_id: message.parts.client_id,
+        extra: message.parts.extra,
     }
 }
 
@@ -94,7 +94,7 @@ fn template(chat: &ChatId, message: NewMessage, created_at: String) -> String {
 
 #[cfg(test)]
 mod tests {
-    use hablar_protocol::events::PresenceUser;
+    use hablar_protocol::events::{MessageParts, PresenceUser};
     use hablar_protocol::{ClientId, Epoch};
 
     use super::super::store::parse_message;
@@ -125,9 +125,11 @@ mod tests {
                 user_id: UserId::new("alice").expect("user"),
                 username: "Alice".into(),
             },
-            content: "\"id\":\"__hablar_message_id__\"".into(),
-            client_id: Some(ClientId::new("c1").expect("client id")),
-            extra: extra.clone(),
+            parts: MessageParts {
+                content: "\"id\":\"__hablar_message_id__\"".into(),
+                client_id: Some(ClientId::new("c1").expect("client id")),
+                extra: extra.clone(),
+            },
         };
         let text = complete(
             &template(&chat, new, "2024-01-01T00:00:00Z".into()),

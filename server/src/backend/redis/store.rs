@@ -137,6 +137,7 @@ impl RedisBackend {
         ];
         for message in messages {
             let idempotency = message
+                .parts
                 .client_id
                 .as_ref()
                 .map(|client_id| Keys::idempotency_member(&message.sender.user_id, client_id))

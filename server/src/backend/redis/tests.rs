@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hablar_protocol::events::PresenceUser;
+use hablar_protocol::events::{MessageParts, PresenceUser};
 use hablar_protocol::{ChatId, ClientId, Seq, UserId};
 
 use super::presence::beat;
@@ -127,9 +127,11 @@ async fn a_beat_that_saw_a_user_before_she_left_does_not_bring_her_back() {
 fn message(sender: &PresenceUser, content: &str, client_id: &str) -> NewMessage {
     NewMessage {
         sender: sender.clone(),
-        content: content.into(),
-        client_id: Some(ClientId::new(client_id).expect("client id")),
-        extra: Default::default(),
+        parts: MessageParts {
+            content: content.into(),
+            client_id: Some(ClientId::new(client_id).expect("client id")),
+            extra: Default::default(),
+        },
     }
 }
 
