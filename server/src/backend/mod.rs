@@ -1,5 +1,6 @@
-//! The store and broker behind the server, as one trait: the embedded in-memory backend
-//! implements it now, a Redis backend (several instances) later.
+//! The store and broker behind the server, as one trait, implemented by the embedded
+//! in-memory backend ([`memory`], one instance) and the Redis backend ([`redis`], any
+//! number of instances); `rules` holds the decisions both make alike.
 //!
 //! The backend owns what must be consistent across instances: chats, members, profiles,
 //! messages (seq, epoch, idempotency), presence, and the pub/sub of chat events. Events

@@ -28,7 +28,16 @@
 //!   `{instance}:{slot}` scored by lease expiry, taken by one script below the limit and
 //!   renewed by the same heartbeat, so that the limit holds across instances.
 //!
-//! The key schema is in [`Keys`] and documented in `notes/README-redis.md`.
+//! The key schema is in [`Keys`] and documented in the repository's `README.md`
+//! (*Running it with Redis*, *Key schema*).
+//!
+//! Layout: this file holds the handle ([`RedisBackend`]), its shared state (`Inner`), the
+//! connection and the [`Backend`] impl, which hands each method to its concern:
+//! - `options`: the flags. `keys`: the key schema. `scripts`: the Lua scripts and the
+//!   `append` script's message template.
+//! - `store`: chats, profiles, append, history, replay. `membership`: members and the
+//!   periodic membership check. `pubsub`: publish, subscribe, the supervisor and catch-up.
+//! - `presence`: leases and the heartbeat. `slots`: connection slots across instances.
 
 mod keys;
 mod membership;
