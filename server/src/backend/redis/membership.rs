@@ -7,45 +7,40 @@ use std::time::Duration;
 use hablar_protocol::{ChatId, UserId};
 use redis::AsyncCommands as _;
 
-use super::{backend_error, Inner, RedisBackend};
+use super::{backend_error, Inner};
 use crate::backend::ChatEvent;
 use crate::error::Result;
 
-impl RedisBackend {
+impl Inner {
     pub(super) async fn add_member(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
         if !self.chat_exists(chat).await? {
             return Ok(false);
         }
-        let inner = &self.inner;
-        let mut conn = inner.conn.clone();
-        inner
-            .run(conn.sadd::<_, _, ()>(inner.keys.members(chat), user.as_str()))
+        let mut conn = self.conn.clone();
+        self.run(conn.sadd::<_, _, ()>(self.keys.members(chat), user.as_str()))
             .await?;
         Ok(true)
     }
 
     pub(super) async fn remove_member(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
-        let inner = &self.inner;
         let event = ChatEvent::MemberRemoved {
             user_id: user.clone(),
         };
         let payload = serde_json::to_string(&event).map_err(backend_error)?;
-        let mut conn = inner.conn.clone();
-        let mut invocation = inner.scripts.remove_member.prepare_invoke();
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.remove_member.prepare_invoke();
         invocation
-            .key(inner.keys.members(chat))
+            .key(self.keys.members(chat))
             .arg(user.as_str())
-            .arg(inner.keys.channel(chat))
+            .arg(self.keys.channel(chat))
             .arg(payload);
-        let removed: i64 = inner.run(invocation.invoke_async(&mut conn)).await?;
+        let removed: i64 = self.run(invocation.invoke_async(&mut conn)).await?;
         Ok(removed == 1)
     }
 
     pub(super) async fn is_member(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
-        let inner = &self.inner;
-        let mut conn = inner.conn.clone();
-        inner
-            .run(conn.sismember(inner.keys.members(chat), user.as_str()))
+        let mut conn = self.conn.clone();
+        self.run(conn.sismember(self.keys.members(chat), user.as_str()))
             .await
     }
 }

@@ -203,49 +203,48 @@ impl Inner {
     }
 }
 
-/// Each method is done in the module of its concern (`store`, `membership`, `pubsub`,
-/// `presence`, `slots`) by the inherent method of the same name, which a method call
-/// prefers to the trait's.
+/// Each method is done by the `Inner` method of the same name, in the module of its
+/// concern (`store`, `membership`, `pubsub`, `presence`, `slots`).
 #[async_trait]
 impl Backend for RedisBackend {
     async fn create_chat(&self, chat: &ChatId) -> Result<bool> {
-        RedisBackend::create_chat(self, chat).await
+        self.inner.create_chat(chat).await
     }
 
     async fn chat_exists(&self, chat: &ChatId) -> Result<bool> {
-        RedisBackend::chat_exists(self, chat).await
+        self.inner.chat_exists(chat).await
     }
 
     async fn add_member(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
-        RedisBackend::add_member(self, chat, user).await
+        self.inner.add_member(chat, user).await
     }
 
     async fn remove_member(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
-        RedisBackend::remove_member(self, chat, user).await
+        self.inner.remove_member(chat, user).await
     }
 
     async fn is_member(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
-        RedisBackend::is_member(self, chat, user).await
+        self.inner.is_member(chat, user).await
     }
 
     async fn set_display_name(&self, user: &UserId, display_name: &str) -> Result<()> {
-        RedisBackend::set_display_name(self, user, display_name).await
+        self.inner.set_display_name(user, display_name).await
     }
 
     async fn display_name(&self, user: &UserId) -> Result<Option<String>> {
-        RedisBackend::display_name(self, user).await
+        self.inner.display_name(user).await
     }
 
     async fn append(&self, chat: &ChatId, message: NewMessage) -> Result<Appended> {
-        RedisBackend::append(self, chat, message).await
+        self.inner.append(chat, message).await
     }
 
     async fn append_batch(&self, chat: &ChatId, messages: Vec<NewMessage>) -> Vec<Result<Appended>> {
-        RedisBackend::append_batch(self, chat, messages).await
+        self.inner.append_batch(chat, messages).await
     }
 
     async fn history(&self, chat: &ChatId, before: Option<Seq>, limit: usize) -> Result<HistoryPage> {
-        RedisBackend::history(self, chat, before, limit).await
+        self.inner.history(chat, before, limit).await
     }
 
     async fn replay(
@@ -255,35 +254,36 @@ impl Backend for RedisBackend {
         epoch: Option<&Epoch>,
         max: usize,
     ) -> Result<Replay> {
-        RedisBackend::replay(self, chat, since, epoch, max).await
+        self.inner.replay(chat, since, epoch, max).await
     }
 
     async fn publish(&self, chat: &ChatId, event: ChatEvent) -> Result<()> {
-        RedisBackend::publish(self, chat, event).await
+        self.inner.publish(chat, event).await
     }
 
     async fn subscribe(&self, chat: &ChatId) -> Result<()> {
-        RedisBackend::subscribe(self, chat).await
+        self.inner.subscribe(chat).await
     }
 
     async fn unsubscribe(&self, chat: &ChatId) -> Result<()> {
-        RedisBackend::unsubscribe(self, chat).await
+        self.inner.unsubscribe(chat).await
     }
 
     async fn presence_join(&self, chat: &ChatId, user: &PresenceUser) -> Result<PresenceJoined> {
-        RedisBackend::presence_join(self, chat, user).await
+        self.inner.presence_join(chat, user).await
     }
 
     async fn presence_leave(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
-        RedisBackend::presence_leave(self, chat, user).await
+        self.inner.presence_leave(chat, user).await
     }
 
     async fn acquire_connection(
         &self,
-        local: &Arc<ConnectionCounter>,
+        // The count is Redis's, across instances: this instance's own is not used.
+        _local: &Arc<ConnectionCounter>,
         user: &UserId,
         max: usize,
     ) -> Result<Option<ConnectionSlot>> {
-        RedisBackend::acquire_connection(self, local, user, max).await
+        self.inner.acquire_connection(user, max).await
     }
 }

@@ -11,7 +11,7 @@ use hablar_protocol::events::{PresenceUser, ServerEvent};
 use hablar_protocol::{ChatId, UserId};
 
 use super::slots::renew_slots;
-use super::{Inner, RedisBackend};
+use super::Inner;
 use crate::backend::{ChatEvent, PresenceJoined};
 use crate::error::Result;
 
@@ -55,15 +55,12 @@ impl Inner {
         let last: i64 = self.run(invocation.invoke_async(&mut conn)).await?;
         Ok(last == 1)
     }
-}
 
-impl RedisBackend {
     pub(super) async fn presence_join(&self, chat: &ChatId, user: &PresenceUser) -> Result<PresenceJoined> {
-        let inner = &self.inner;
-        let _order = inner.presence_order(chat, &user.user_id).lock().await;
+        let _order = self.presence_order(chat, &user.user_id).lock().await;
         let key = (chat.clone(), user.user_id.clone());
         let local_first = {
-            let mut local = inner.presence.lock();
+            let mut local = self.presence.lock();
             let entry = local.entry(key.clone()).or_insert_with(|| LocalPresence {
                 user: user.clone(),
                 count: 0,
@@ -72,19 +69,19 @@ impl RedisBackend {
             entry.user = user.clone();
             entry.count == 1
         };
-        let mut invocation = inner.scripts.presence_join.prepare_invoke();
+        let mut invocation = self.scripts.presence_join.prepare_invoke();
         invocation
-            .key(inner.keys.presence(chat))
-            .key(inner.keys.presence_names(chat))
-            .arg(format!("{}:{}", inner.instance, user.user_id.as_str()))
+            .key(self.keys.presence(chat))
+            .key(self.keys.presence_names(chat))
+            .arg(format!("{}:{}", self.instance, user.user_id.as_str()))
             .arg(user.user_id.as_str())
             .arg(&user.username)
-            .arg(inner.opts.presence_ttl_ms.max(1));
-        let mut conn = inner.conn.clone();
-        let reply: Vec<String> = match inner.run(invocation.invoke_async(&mut conn)).await {
+            .arg(self.opts.presence_ttl_ms.max(1));
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = match self.run(invocation.invoke_async(&mut conn)).await {
             Ok(reply) => reply,
             Err(err) => {
-                let mut local = inner.presence.lock();
+                let mut local = self.presence.lock();
                 if let Some(entry) = local.get_mut(&key) {
                     entry.count -= 1;
                     if entry.count == 0 {
@@ -109,11 +106,10 @@ impl RedisBackend {
     }
 
     pub(super) async fn presence_leave(&self, chat: &ChatId, user: &UserId) -> Result<bool> {
-        let inner = &self.inner;
-        let _order = inner.presence_order(chat, user).lock().await;
+        let _order = self.presence_order(chat, user).lock().await;
         let key = (chat.clone(), user.clone());
         {
-            let mut local = inner.presence.lock();
+            let mut local = self.presence.lock();
             let Some(entry) = local.get_mut(&key) else {
                 return Ok(false);
             };
@@ -124,7 +120,7 @@ impl RedisBackend {
             local.remove(&key);
         }
         // On failure the lease runs out and another instance's heartbeat announces it.
-        inner.remove_lease(chat, user).await
+        self.remove_lease(chat, user).await
     }
 }
 

@@ -11,7 +11,7 @@ use hablar_protocol::{ChatId, Seq};
 use redis::AsyncCommands as _;
 
 use super::membership::check_members;
-use super::{backend_error, Inner, RedisBackend};
+use super::{backend_error, Inner};
 use crate::backend::rules::{epoch_of, gap_servable};
 use crate::backend::ChatEvent;
 use crate::error::{Error, Result};
@@ -34,32 +34,29 @@ impl Inner {
         let channel = self.keys.channel(chat);
         self.run(conn.publish::<_, _, ()>(channel, payload)).await
     }
-}
 
-impl RedisBackend {
     pub(super) async fn publish(&self, chat: &ChatId, event: ChatEvent) -> Result<()> {
-        self.inner.publish_event(chat, &event).await
+        self.publish_event(chat, &event).await
     }
 
     pub(super) async fn subscribe(&self, chat: &ChatId) -> Result<()> {
-        let inner = &self.inner;
-        inner.subscribed.lock().entry(chat.clone()).or_default();
+        self.subscribed.lock().entry(chat.clone()).or_default();
         let confirmed = {
-            let mut slot = inner.pubsub.lock().await;
+            let mut slot = self.pubsub.lock().await;
             match slot.as_mut() {
-                Some(sink) => inner.run(sink.subscribe(inner.keys.channel(chat))).await,
+                Some(sink) => self.run(sink.subscribe(self.keys.channel(chat))).await,
                 None => Err(backend_error("pub/sub connection is down")),
             }
         };
         // The hub's cursor starts at the chat's newest seq: every local connection reads
         // its replay after this returns, so anything older reaches it that way.
         let started = match confirmed {
-            Ok(()) => inner.snapshot(chat, None, 1).await,
+            Ok(()) => self.snapshot(chat, None, 1).await,
             Err(err) => Err(err),
         };
         match started {
             Ok(snap) => {
-                if let Some(cursor) = inner.subscribed.lock().get_mut(chat) {
+                if let Some(cursor) = self.subscribed.lock().get_mut(chat) {
                     if !cursor.known {
                         *cursor = Cursor {
                             epoch: Some(snap.epoch),
@@ -71,18 +68,17 @@ impl RedisBackend {
                 Ok(())
             }
             Err(err) => {
-                inner.subscribed.lock().remove(chat);
+                self.subscribed.lock().remove(chat);
                 Err(err)
             }
         }
     }
 
     pub(super) async fn unsubscribe(&self, chat: &ChatId) -> Result<()> {
-        let inner = &self.inner;
-        inner.subscribed.lock().remove(chat);
-        let mut slot = inner.pubsub.lock().await;
+        self.subscribed.lock().remove(chat);
+        let mut slot = self.pubsub.lock().await;
         match slot.as_mut() {
-            Some(sink) => inner.run(sink.unsubscribe(inner.keys.channel(chat))).await,
+            Some(sink) => self.run(sink.unsubscribe(self.keys.channel(chat))).await,
             // A new pub/sub connection subscribes only to chats still in `subscribed`.
             None => Ok(()),
         }

@@ -8,10 +8,9 @@ use std::sync::Arc;
 use hablar_protocol::UserId;
 use redis::AsyncCommands as _;
 
-use super::{Inner, RedisBackend};
+use super::Inner;
 use crate::backend::ConnectionSlot;
 use crate::error::Result;
-use crate::limits::ConnectionCounter;
 
 impl Inner {
     /// The entry of this instance's connection slot `slot` in its user's set.
@@ -25,32 +24,28 @@ impl Inner {
         self.run(conn.zrem(self.keys.connections(user), self.slot_member(slot)))
             .await
     }
-}
 
-impl RedisBackend {
     /// Counts across instances: see `connection_acquire.lua`. The slot's lease is the
     /// presence lease, renewed by the same heartbeat.
     pub(super) async fn acquire_connection(
-        &self,
-        _local: &Arc<ConnectionCounter>,
+        self: &Arc<Self>,
         user: &UserId,
         max: usize,
     ) -> Result<Option<ConnectionSlot>> {
-        let inner = &self.inner;
-        let slot = inner.next_slot.fetch_add(1, Ordering::Relaxed);
-        let mut invocation = inner.scripts.connection_acquire.prepare_invoke();
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        let mut invocation = self.scripts.connection_acquire.prepare_invoke();
         invocation
-            .key(inner.keys.connections(user))
-            .arg(inner.slot_member(slot))
+            .key(self.keys.connections(user))
+            .arg(self.slot_member(slot))
             .arg(max)
-            .arg(inner.opts.presence_ttl_ms.max(3));
-        let mut conn = inner.conn.clone();
-        let taken: i64 = match inner.run(invocation.invoke_async(&mut conn)).await {
+            .arg(self.opts.presence_ttl_ms.max(3));
+        let mut conn = self.conn.clone();
+        let taken: i64 = match self.run(invocation.invoke_async(&mut conn)).await {
             Ok(taken) => taken,
             Err(err) => {
                 // The script may have run all the same, after our time limit: take the
                 // slot back rather than let it count for a whole lease.
-                let (inner, user) = (inner.clone(), user.clone());
+                let (inner, user) = (self.clone(), user.clone());
                 tokio::spawn(async move {
                     let _ = inner.remove_slot(&user, slot).await;
                 });
@@ -61,8 +56,8 @@ impl RedisBackend {
             return Ok(None);
         }
         // Renewed from the next heartbeat on; the lease just written lasts until then.
-        inner.slots.lock().insert(slot, user.clone());
-        let (inner, user) = (inner.clone(), user.clone());
+        self.slots.lock().insert(slot, user.clone());
+        let (inner, user) = (self.clone(), user.clone());
         Ok(Some(ConnectionSlot::new(move || {
             // First out of the renewals, then out of Redis: see `renew_slots`.
             inner.slots.lock().remove(&slot);

@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::keys::Keys;
 use super::scripts::{draft, APPEND_LUA, ID_NEEDLE, SEQ_NEEDLE};
-use super::{backend_error, Inner, RedisBackend};
+use super::{backend_error, Inner};
 use crate::backend::rules::{new_epoch, oldest_retained, recovered, rfc3339};
 use crate::backend::{Appended, NewMessage, Replay};
 use crate::error::{Error, Result};
@@ -70,19 +70,16 @@ impl Inner {
             messages,
         })
     }
-}
 
-impl RedisBackend {
     pub(super) async fn create_chat(&self, chat: &ChatId) -> Result<bool> {
-        let inner = &self.inner;
-        let mut conn = inner.conn.clone();
+        let mut conn = self.conn.clone();
         let created_at = rfc3339(OffsetDateTime::now_utc());
-        let (created,): (bool,) = inner
+        let (created,): (bool,) = self
             .run(
                 redis::pipe()
                     .atomic()
-                    .hset_nx(inner.keys.meta(chat), "created_at", created_at)
-                    .set_nx(inner.keys.epoch(chat), new_epoch().as_str())
+                    .hset_nx(self.keys.meta(chat), "created_at", created_at)
+                    .set_nx(self.keys.epoch(chat), new_epoch().as_str())
                     .ignore()
                     .query_async(&mut conn),
             )
@@ -91,23 +88,19 @@ impl RedisBackend {
     }
 
     pub(super) async fn chat_exists(&self, chat: &ChatId) -> Result<bool> {
-        let inner = &self.inner;
-        let mut conn = inner.conn.clone();
-        inner.run(conn.exists(inner.keys.meta(chat))).await
+        let mut conn = self.conn.clone();
+        self.run(conn.exists(self.keys.meta(chat))).await
     }
 
     pub(super) async fn set_display_name(&self, user: &UserId, display_name: &str) -> Result<()> {
-        let inner = &self.inner;
-        let mut conn = inner.conn.clone();
-        inner
-            .run(conn.hset::<_, _, _, ()>(inner.keys.user(user), "display_name", display_name))
+        let mut conn = self.conn.clone();
+        self.run(conn.hset::<_, _, _, ()>(self.keys.user(user), "display_name", display_name))
             .await
     }
 
     pub(super) async fn display_name(&self, user: &UserId) -> Result<Option<String>> {
-        let inner = &self.inner;
-        let mut conn = inner.conn.clone();
-        inner.run(conn.hget(inner.keys.user(user), "display_name")).await
+        let mut conn = self.conn.clone();
+        self.run(conn.hget(self.keys.user(user), "display_name")).await
     }
 
     pub(super) async fn append(&self, chat: &ChatId, message: NewMessage) -> Result<Appended> {
@@ -122,8 +115,7 @@ impl RedisBackend {
         chat: &ChatId,
         messages: Vec<NewMessage>,
     ) -> Vec<Result<Appended>> {
-        let inner = &self.inner;
-        let k = &inner.keys;
+        let k = &self.keys;
         let created_at = rfc3339(OffsetDateTime::now_utc());
         // Per message its arguments; the keys are the chat's, the same for every message.
         let mut calls: Vec<Vec<String>> = Vec::with_capacity(messages.len());
@@ -148,11 +140,11 @@ impl RedisBackend {
             let args = vec![
                 new_epoch().to_string(),
                 template,
-                inner.retention.to_string(),
+                self.retention.to_string(),
                 idempotency,
                 k.channel(chat),
-                inner.event_prefix.clone(),
-                inner.event_suffix.clone(),
+                self.event_prefix.clone(),
+                self.event_suffix.clone(),
                 ID_NEEDLE.to_owned(),
                 SEQ_NEEDLE.to_owned(),
                 sender,
@@ -173,14 +165,14 @@ impl RedisBackend {
                 let cmd = if by_text {
                     pipe.cmd("EVAL").arg(APPEND_LUA)
                 } else {
-                    pipe.cmd("EVALSHA").arg(inner.scripts.append.get_hash())
+                    pipe.cmd("EVALSHA").arg(self.scripts.append.get_hash())
                 };
                 cmd.arg(keys.len()).arg(&keys).arg(args);
             }
             pipe
         };
-        let mut conn = inner.conn.clone();
-        let replies: Result<Vec<Vec<String>>> = inner
+        let mut conn = self.conn.clone();
+        let replies: Result<Vec<Vec<String>>> = self
             .run(async {
                 match transaction(false).query_async(&mut conn).await {
                     Err(err) if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
@@ -223,8 +215,7 @@ impl RedisBackend {
         before: Option<Seq>,
         limit: usize,
     ) -> Result<HistoryPage> {
-        let inner = &self.inner;
-        let k = &inner.keys;
+        let k = &self.keys;
         let end = match before {
             None => "+".to_owned(),
             Some(Seq(0 | 1)) => {
@@ -239,8 +230,8 @@ impl RedisBackend {
             }
             Some(Seq(before)) => (before - 1).to_string(),
         };
-        let mut conn = inner.conn.clone();
-        let (exists, entries): (bool, Vec<StreamEntry>) = inner
+        let mut conn = self.conn.clone();
+        let (exists, entries): (bool, Vec<StreamEntry>) = self
             .run(
                 redis::pipe()
                     .atomic()
@@ -275,7 +266,7 @@ impl RedisBackend {
         max: usize,
     ) -> Result<Replay> {
         let from = since.map(|s| s.0.saturating_add(1));
-        let snap = self.inner.snapshot(chat, from, max.saturating_add(1)).await?;
+        let snap = self.snapshot(chat, from, max.saturating_add(1)).await?;
         let current = Epoch::new(snap.epoch.clone()).map_err(backend_error)?;
         let mut replay = Replay {
             epoch: current.clone(),

@@ -11,7 +11,7 @@ use hablar_protocol::{ChatId, ClientId, Seq, UserId};
 use super::presence::beat;
 use super::slots::renew_user_slots;
 use super::{Inner, RedisBackend, RedisOptions};
-use crate::backend::{ChatEvent, EventSink, NewMessage};
+use crate::backend::{Backend as _, ChatEvent, EventSink, NewMessage};
 use crate::error::Error;
 use crate::limits::ConnectionCounter;
 
