@@ -7,7 +7,7 @@
 //! - [`error`]: the crate's [`Error`] and its one mapping to HTTP responses.
 //! - [`auth`]: HS256 access-token verification (simplejwt compatible) through `jsonwebtoken`.
 //! - [`origin`]: the `Origin` allow-list checked before the upgrade.
-//! - [`backend`]: the store + broker trait and its in-memory implementation.
+//! - [`backend`]: the store + broker trait, its rules, the in-memory and Redis backends.
 //! - [`rooms`]: the local hub fanning a chat's events out to this instance's sockets.
 //! - [`send_queue`]: a connection's bounded send queue, filled by the hub and the reader,
 //!   drained by the writer.

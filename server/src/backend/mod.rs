@@ -1,5 +1,6 @@
-//! The store and broker behind the server, as one trait: the embedded in-memory backend
-//! implements it now, a Redis backend (several instances) later.
+//! The store and broker behind the server, as one trait, implemented by the embedded
+//! in-memory backend ([`memory`], one instance) and the Redis backend ([`redis`], any
+//! number of instances); `rules` holds the decisions both make alike.
 //!
 //! The backend owns what must be consistent across instances: chats, members, profiles,
 //! messages (seq, epoch, idempotency), presence, and the pub/sub of chat events. Events
@@ -8,13 +9,14 @@
 
 pub mod memory;
 pub mod redis;
+mod rules;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
-use hablar_protocol::events::{Extra, HistoryPage, Message, PresenceUser, ServerEvent};
-use hablar_protocol::{ChatId, ClientId, Epoch, Seq, UserId};
+use hablar_protocol::events::{HistoryPage, Message, MessageParts, PresenceUser, ServerEvent};
+use hablar_protocol::{ChatId, Epoch, Seq, UserId};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -64,17 +66,16 @@ pub trait EventSink: Send + Sync + 'static {
     }
 }
 
-/// A message to store, already checked and stamped with its sender.
+/// A message to store: a client's message as [`ClientMessage::into_parts`] checked it,
+/// stamped with its sender.
+///
+/// [`ClientMessage::into_parts`]: hablar_protocol::events::ClientMessage::into_parts
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewMessage {
     /// Who sends it (from the token, never from the client).
     pub sender: PresenceUser,
-    /// Trimmed, length-checked content.
-    pub content: String,
-    /// The idempotency key.
-    pub client_id: Option<ClientId>,
-    /// Pass-through fields, without server-owned ones.
-    pub extra: Extra,
+    /// The trimmed content, the idempotency key and the pass-through fields.
+    pub parts: MessageParts,
 }
 
 /// The outcome of [`Backend::append`].

@@ -89,9 +89,7 @@ pub(super) fn handle_text(
                 client_id: parts.client_id.clone(),
                 message: NewMessage {
                     sender: me.clone(),
-                    content: parts.content,
-                    client_id: parts.client_id,
-                    extra: parts.extra,
+                    parts,
                 },
             })
         }
