@@ -2,9 +2,8 @@
 //! it what happened (socket opened, frame, close code, timer, `online`) and the current
 //! time in ms, then carries out the [`Output`]s it queues and arms one timer for
 //! [`Machine::next_deadline`].
-
 //!
-//! Layout: [`config`] the tunables, [`input`] the server frames it is fed, [`output`]
+//! Layout: `config` the tunables, `input` the server frames it is fed, `output`
 //! what it asks of the glue; here the connection's lifecycle (attempts, backoff, token
 //! refresh, heartbeat, timers), in `frames` what each server frame changes.
 
