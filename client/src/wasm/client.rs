@@ -64,32 +64,23 @@ impl HablarClient {
         if let Some(user_id) = user_id {
             machine.set_user_hint(user_id);
         }
-        let inner = Rc::new_cyclic(|me: &Weak<Inner>| {
-            let weak = me.clone();
-            let timer_callback = Closure::<dyn FnMut()>::new(move || {
-                if let Some(inner) = weak.upgrade() {
-                    inner.on_timer();
-                }
-            });
-            Inner {
-                me: me.clone(),
-                machine: RefCell::new(machine),
-                base_url: ws_base(&url),
-                chat_id,
-                token,
-                cached_token: RefCell::new(None),
-                user_from_options,
-                socket: RefCell::new(None),
-                graveyard: RefCell::new(Vec::new()),
-                token_waits: RefCell::new(Vec::new()),
-                attempt_gen: Cell::new(0),
-                timer: RefCell::new(None),
-                timer_callback,
-                _page: page_listeners(me),
-                subscriptions: RefCell::new(Vec::new()),
-                next_subscription: Cell::new(0),
-                pending: RefCell::new(Vec::new()),
-            }
+        let inner = Rc::new_cyclic(|me: &Weak<Inner>| Inner {
+            me: me.clone(),
+            machine: RefCell::new(machine),
+            base_url: ws_base(&url),
+            chat_id,
+            token,
+            cached_token: RefCell::new(None),
+            user_from_options,
+            socket: RefCell::new(None),
+            graveyard: RefCell::new(Vec::new()),
+            token_waits: RefCell::new(Vec::new()),
+            attempt_gen: Cell::new(0),
+            timer: RefCell::new(None),
+            _page: page_listeners(me),
+            subscriptions: RefCell::new(Vec::new()),
+            next_subscription: Cell::new(0),
+            pending: RefCell::new(Vec::new()),
         });
         Ok(HablarClient { inner })
     }

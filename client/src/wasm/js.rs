@@ -8,12 +8,6 @@ use wasm_bindgen::JsCast;
 
 #[wasm_bindgen]
 extern "C" {
-    /// The global `setTimeout` (window and workers alike).
-    #[wasm_bindgen(js_name = setTimeout)]
-    pub fn set_timeout(callback: &Function, ms: f64) -> JsValue;
-    /// The global `clearTimeout`.
-    #[wasm_bindgen(js_name = clearTimeout)]
-    pub fn clear_timeout(id: &JsValue);
     /// The global `atob`, to read a JWT payload.
     #[wasm_bindgen(catch, js_name = atob)]
     fn atob(data: &str) -> Result<String, JsValue>;

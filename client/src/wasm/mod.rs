@@ -33,6 +33,7 @@ use self::listeners::{PendingSend, Subscription, Topic};
 use self::page::PageListeners;
 use self::payloads::{presence_js, send_error_detail, state_js, typers_js};
 use self::socket::Socket;
+use self::timer::Timer;
 use self::token::{TokenSource, TokenWait};
 use crate::machine::{Frame, Machine, Output, ReloadReason};
 
@@ -63,10 +64,8 @@ pub struct Inner {
     /// Counts connection attempts, so a token that arrives for an abandoned attempt
     /// is not used to open a socket.
     attempt_gen: Cell<u32>,
-    /// The one wake-up timer (`setTimeout` id) and when it fires.
-    timer: RefCell<Option<(JsValue, f64)>>,
-    /// The timer's callback, created once and reused for every re-arm.
-    timer_callback: Closure<dyn FnMut()>,
+    /// The one wake-up timer, for the machine's next deadline (cleared when dropped).
+    timer: RefCell<Option<Timer>>,
     /// `online` / `visibilitychange` (absent outside a page).
     _page: Option<PageListeners>,
     /// App listeners.
@@ -75,14 +74,6 @@ pub struct Inner {
     next_subscription: Cell<u32>,
     /// `send()` promises waiting for their echo.
     pending: RefCell<Vec<PendingSend>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some((id, _)) = self.timer.borrow_mut().take() {
-            js::clear_timeout(&id);
-        }
-    }
 }
 
 impl Inner {
