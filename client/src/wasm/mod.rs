@@ -1,6 +1,6 @@
-//! The browser glue: the `HablarClient` JS class. It feeds the [`Machine`] what the
+//! The browser glue, which decides nothing itself: it feeds the [`Machine`] what the
 //! browser reports (socket events, one timer, `online`, `visibilitychange`) with
-//! `Date.now()`, and carries out the machine's [`Output`]s. It decides nothing itself.
+//! `Date.now()`, and carries out the machine's [`Output`]s.
 
 //!
 //! Layout: [`client`] the JS class, [`listeners`] the app's listeners and waiting sends,
@@ -25,17 +25,15 @@ use std::cell::{Cell, RefCell};
 use std::rc::Weak;
 
 use hablar_protocol::CloseCode;
-use wasm_bindgen::prelude::*;
 
 pub use self::client::HablarClient;
-use self::js::{object, set};
 use self::listeners::{PendingSend, Subscription, Topic};
 use self::page::PageListeners;
-use self::payloads::{presence_js, send_error_detail, state_js, typers_js};
+use self::payloads::{presence_js, reload_js, send_error_detail, state_js, typers_js};
 use self::socket::Socket;
 use self::timer::Timer;
 use self::token::{TokenSource, TokenWait};
-use crate::machine::{Frame, Machine, Output, ReloadReason};
+use crate::machine::{Frame, Machine, Output};
 
 /// The client's state, shared (weakly) with every callback.
 pub struct Inner {
@@ -124,15 +122,7 @@ impl Inner {
                 let users = presence_js(&self.machine.borrow());
                 self.emit(Topic::Presence, &users);
             }
-            Output::ReloadHistory(reason) => {
-                let event = object();
-                let reason = match reason {
-                    ReloadReason::NotRecovered => "not_recovered",
-                    ReloadReason::NoResume => "no_resume",
-                };
-                set(&event, "reason", &JsValue::from_str(reason));
-                self.emit(Topic::ReloadHistory, &event);
-            }
+            Output::ReloadHistory(reason) => self.emit(Topic::ReloadHistory, &reload_js(reason)),
             Output::CloseError { code } => {
                 let reason = CloseCode::from_u16(code).reason();
                 self.emit(Topic::Error, &js::error("too_large", reason, None));
