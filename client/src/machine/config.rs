@@ -1,7 +1,7 @@
 //! The machine's tunables: timeouts, heartbeat, backoff and outbox size.
 
-/// Tunables, all in ms except the outbox size. The defaults are PROTOCOL.md's and the
-/// issue's.
+/// Tunables, all in ms except the outbox size. The defaults are the ones the package's
+/// `HablarOptions` type documents.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Ceiling of the first reconnect delay.
