@@ -71,26 +71,18 @@ pub(super) fn state_js(state: &State) -> JsValue {
 
 /// Who is typing, as `ChatUser[]`.
 pub(super) fn typers_js(machine: &Machine<String>) -> JsValue {
-    let users: Vec<UserJs> = machine
-        .typers()
-        .iter()
-        .map(|t| UserJs {
-            user_id: &t.user_id,
-            username: &t.username,
-        })
-        .collect();
-    to_js(&users)
+    users_js(machine.typers().iter().map(|t| (&*t.user_id, &*t.username)))
 }
 
 /// Who is online, as `ChatUser[]`.
 pub(super) fn presence_js(machine: &Machine<String>) -> JsValue {
-    let users: Vec<UserJs> = machine
-        .presence()
-        .iter()
-        .map(|u| UserJs {
-            user_id: &u.user_id,
-            username: &u.username,
-        })
+    users_js(machine.presence().iter().map(|u| (&*u.user_id, &*u.username)))
+}
+
+/// `(user_id, username)` pairs as `ChatUser[]`.
+fn users_js<'a>(users: impl Iterator<Item = (&'a str, &'a str)>) -> JsValue {
+    let users: Vec<UserJs> = users
+        .map(|(user_id, username)| UserJs { user_id, username })
         .collect();
     to_js(&users)
 }
