@@ -7,9 +7,15 @@
 //! - [`typing`]: the typing lease, sender side and receiver side.
 //! - [`outbox`]: sends waiting for their echo, bounded, resent on reconnect.
 //! - [`resume`]: the `since`/`epoch` resume point and message deduplication.
-//! - [`machine`]: the connection state machine that ties them together.
-//! - `wasm` (wasm32 only): the `HablarClient` JS class, WebSocket and timer glue, frame
-//!   decoding with `JSON.parse`, and the TypeScript types of the package.
+//! - [`machine`]: the connection state machine that ties them together; its `config`,
+//!   `input` (server frames as it reads them), `output` (what it asks of the glue) and
+//!   `frames` (what each server frame changes) are submodules.
+//! - `wasm` (wasm32 only), the glue that carries the decisions out: `client` (the
+//!   `HablarClient` JS class), `listeners` (the app's listeners and waiting sends),
+//!   `token` (a connection attempt's token), `socket` (the WebSocket and its events),
+//!   `decode` (server frames with `JSON.parse`), `timer` (the one wake-up timer), `page`
+//!   (`online`, `visibilitychange`), `payloads` (what the app receives, with `serde-wasm-bindgen`), `types` (the
+//!   package's TypeScript types), `js` (small JS helpers).
 
 pub mod backoff;
 pub mod machine;

@@ -2,246 +2,26 @@
 //! it what happened (socket opened, frame, close code, timer, `online`) and the current
 //! time in ms, then carries out the [`Output`]s it queues and arms one timer for
 //! [`Machine::next_deadline`].
+//!
+//! Layout: `config` the tunables, `input` the server frames it is fed, `output`
+//! what it asks of the glue; here the connection's lifecycle (attempts, backoff, token
+//! refresh, heartbeat, timers), in `frames` what each server frame changes.
+
+mod config;
+mod frames;
+mod input;
+mod output;
 
 use hablar_protocol::close::CloseAction;
 use hablar_protocol::CloseCode;
 
+pub use self::config::Config;
+pub use self::input::{Incoming, User, Verdict};
+pub use self::output::{Frame, Output, ReloadReason, SendError, State, CLOSE_GIVING_UP};
 use crate::backoff::{Backoff, Rng};
 use crate::outbox::{Outbox, OutboxFull};
-use crate::resume::{Arrival, Resume};
+use crate::resume::Resume;
 use crate::typing::{Typer, Typers, TypingSender};
-
-/// Close code the SDK uses when it gives up on a socket itself (dead heartbeat,
-/// connect timeout, a gap in the messages). In the application range, so no server
-/// mistakes it for its own.
-pub const CLOSE_GIVING_UP: u16 = 4000;
-
-/// How long a message the server could not store (`unavailable`) waits before it is
-/// sent again on the same connection, in ms.
-const UNAVAILABLE_RETRY_MS: f64 = 2_000.0;
-
-/// Tunables, all in ms except the outbox size. The defaults are PROTOCOL.md's and the
-/// issue's.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    /// Ceiling of the first reconnect delay.
-    pub backoff_base_ms: f64,
-    /// Longest reconnect delay.
-    pub backoff_cap_ms: f64,
-    /// A connection up this long resets the attempt count.
-    pub stable_after_ms: f64,
-    /// An open socket without `ready` after this long is a base-layer peer: go `open`.
-    pub ready_timeout_ms: f64,
-    /// A socket attempt (token included) that takes longer is abandoned.
-    pub connect_timeout_ms: f64,
-    /// Idle time after which a `ping` is sent (extension peers only).
-    pub ping_interval_ms: f64,
-    /// No frame this long after a `ping` means the connection is dead.
-    pub pong_timeout_ms: f64,
-    /// Most messages waiting for their echo.
-    pub outbox_limit: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            backoff_base_ms: 500.0,
-            backoff_cap_ms: 30_000.0,
-            stable_after_ms: 10_000.0,
-            ready_timeout_ms: 2_000.0,
-            connect_timeout_ms: 15_000.0,
-            ping_interval_ms: 25_000.0,
-            pong_timeout_ms: 10_000.0,
-            outbox_limit: 100,
-        }
-    }
-}
-
-/// The connection state the app shows ("● Connected").
-#[derive(Debug, Clone, PartialEq)]
-pub enum State {
-    /// A connection attempt is under way; `attempt` is 0 for the first, then the number
-    /// of the reconnect attempt.
-    Connecting {
-        /// Which attempt.
-        attempt: u32,
-    },
-    /// Connected: sends go out at once.
-    Open,
-    /// Waiting `delay_ms` before reconnect attempt `attempt`.
-    Reconnecting {
-        /// Which attempt comes next (1-based).
-        attempt: u32,
-        /// How long the wait is.
-        delay_ms: f64,
-    },
-    /// Not connected and not trying: before `connect()` or after `close()`.
-    Closed,
-    /// Given up: reconnecting cannot help.
-    Failed {
-        /// The close code that decided it (4401, 4403, 4404).
-        code: u16,
-    },
-}
-
-/// A frame the glue must send.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Frame<M> {
-    /// `typing_start`.
-    TypingStart,
-    /// `typing_stop`.
-    TypingStop,
-    /// `ping` (only to peers that sent `ready`).
-    Ping,
-    /// A message from the outbox, as the glue encoded it.
-    Message(M),
-}
-
-/// Why the app should reload history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadReason {
-    /// The server could not replay what was missed (`recovered: false`).
-    NotRecovered,
-    /// A reconnect to a peer without resume support (no `ready`): messages may be
-    /// missing.
-    NoResume,
-}
-
-/// Why a waiting send was rejected by the SDK itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendError {
-    /// The outbox is full.
-    OutboxFull,
-    /// The client was closed by the app.
-    Closed,
-    /// The connection failed for good.
-    Failed,
-}
-
-impl SendError {
-    /// The code the JS error carries.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::OutboxFull => "outbox_full",
-            Self::Closed => "closed",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-/// What the glue must do or tell the app, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Output<M> {
-    /// Drop any current socket, get a token (a fresh one from the provider when
-    /// `refresh_token`) and open a socket, resuming from `since`/`epoch` when given.
-    Connect {
-        /// The last token was refused (4401): ask the provider again.
-        refresh_token: bool,
-        /// Resume point.
-        since: Option<(u64, String)>,
-    },
-    /// Close the current socket with `code` and ignore anything more from it.
-    Disconnect {
-        /// 1000 when the app closed, [`CLOSE_GIVING_UP`] when the SDK gave up on it.
-        code: u16,
-    },
-    /// Send a frame on the current socket.
-    Send(Frame<M>),
-    /// The connection state changed.
-    State(State),
-    /// The list of users typing changed: see [`Machine::typers`].
-    TypersChanged,
-    /// The list of online users changed: see [`Machine::presence`].
-    PresenceChanged,
-    /// The app should reload history over HTTP.
-    ReloadHistory(ReloadReason),
-    /// The server closed for a reason the app should hear about (1009: a frame was too
-    /// big); reconnecting goes on.
-    CloseError {
-        /// The close code.
-        code: u16,
-    },
-    /// A waiting send will not be delivered.
-    Reject {
-        /// The send's `client_id`.
-        client_id: String,
-        /// Why.
-        error: SendError,
-    },
-}
-
-/// A user as presence knows them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    /// Their id.
-    pub user_id: String,
-    /// Their display name.
-    pub username: String,
-}
-
-/// A server frame, decoded by the glue to the fields the decisions need.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Incoming {
-    /// `ready` (extension).
-    Ready {
-        /// Who we are.
-        user_id: Option<String>,
-        /// The store identity.
-        epoch: Option<String>,
-        /// The newest seq.
-        last_seq: Option<u64>,
-        /// Whether the resume could be served.
-        recovered: bool,
-        /// Who is online.
-        presence: Vec<User>,
-    },
-    /// `new_message`.
-    Message {
-        /// Absent from base-layer peers.
-        seq: Option<u64>,
-        /// The message id.
-        id: Option<String>,
-        /// The sender's idempotency key.
-        client_id: Option<String>,
-        /// The sender's user id.
-        sender_id: Option<String>,
-    },
-    /// `typing_start`.
-    TypingStart(User),
-    /// `typing_stop`.
-    TypingStop {
-        /// Who stopped.
-        user_id: String,
-    },
-    /// `presence_join`.
-    PresenceJoin(User),
-    /// `presence_leave`.
-    PresenceLeave {
-        /// Who left.
-        user_id: String,
-    },
-    /// `error`.
-    Error {
-        /// The error code.
-        code: String,
-        /// The message it is about.
-        client_id: Option<String>,
-    },
-    /// `pong`, `read`, or a type this SDK does not know.
-    Other,
-}
-
-/// What the glue does with a frame it fed in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Verdict {
-    /// Hand the message to the app (it is new).
-    pub deliver: bool,
-    /// Resolve the send waiting for this `client_id` with this message (our own echo:
-    /// sent by us, not merely carrying our `client_id`).
-    pub resolve: bool,
-    /// Reject the send waiting for this `client_id` with this error.
-    pub reject: bool,
-}
 
 /// Where the connection is, with what each step waits for.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -489,105 +269,6 @@ impl<M: Clone> Machine<M> {
         self.wake(now);
     }
 
-    /// A frame from the current socket.
-    pub fn on_frame(&mut self, now: f64, frame: Incoming) -> Verdict {
-        if !matches!(self.phase, Phase::Handshake { .. } | Phase::Open { .. }) {
-            return Verdict::default();
-        }
-        // Any frame proves the connection alive.
-        self.pong_by = None;
-        if self.extensions {
-            self.ping_at = Some(now + self.cfg.ping_interval_ms);
-        }
-        let mut verdict = Verdict::default();
-        match frame {
-            Incoming::Ready {
-                user_id,
-                epoch,
-                last_seq,
-                recovered,
-                presence,
-            } => {
-                self.extensions = true;
-                self.ping_at = Some(now + self.cfg.ping_interval_ms);
-                if user_id.is_some() {
-                    self.ready_user = user_id;
-                }
-                let reload = self.resume.on_ready(epoch.as_deref(), last_seq, recovered);
-                self.presence = presence;
-                self.out.push(Output::PresenceChanged);
-                if let Phase::Handshake { .. } = self.phase {
-                    self.enter_open(now);
-                }
-                if reload {
-                    self.out.push(Output::ReloadHistory(ReloadReason::NotRecovered));
-                }
-            }
-            Incoming::Message {
-                seq,
-                id,
-                client_id,
-                sender_id,
-            } => {
-                let arrival = self.resume.on_message(seq, id.as_deref());
-                if arrival == Arrival::Gap {
-                    // Messages before this one never came (a server that broke the
-                    // order): resume from the newest we have; the replay brings them
-                    // and this one, in order, and acknowledges this one then.
-                    self.out.push(Output::Disconnect {
-                        code: CLOSE_GIVING_UP,
-                    });
-                    self.lost(now, CloseCode::Abnormal.as_u16());
-                    return Verdict::default();
-                }
-                if let Some(sender) = &sender_id {
-                    self.typer_stopped(sender);
-                }
-                if let Some(client_id) = client_id {
-                    if self.sent_by_us(sender_id.as_deref()) {
-                        verdict.resolve = self.outbox.ack(&client_id);
-                    }
-                }
-                // Delivered whoever sent it: another member's message that reuses one of
-                // our `client_id`s is their message, not a duplicate of ours.
-                verdict.deliver = arrival == Arrival::New;
-            }
-            Incoming::TypingStart(user) => {
-                let own = self.user_id() == Some(user.user_id.as_str());
-                if !own && self.typers.start(&user.user_id, &user.username, now) {
-                    self.emit_typers();
-                }
-            }
-            Incoming::TypingStop { user_id } => self.typer_stopped(&user_id),
-            Incoming::PresenceJoin(user) => {
-                if !self.presence.iter().any(|u| u.user_id == user.user_id) {
-                    self.presence.push(user);
-                    self.out.push(Output::PresenceChanged);
-                }
-            }
-            Incoming::PresenceLeave { user_id } => {
-                self.typer_stopped(&user_id);
-                let before = self.presence.len();
-                self.presence.retain(|u| u.user_id != user_id);
-                if self.presence.len() != before {
-                    self.out.push(Output::PresenceChanged);
-                }
-            }
-            Incoming::Error { code, client_id } => {
-                if let Some(client_id) = client_id {
-                    if code == "unavailable" {
-                        // Not stored: the same client_id again later is safe.
-                        self.outbox.retry_at(&client_id, now + UNAVAILABLE_RETRY_MS);
-                    } else {
-                        verdict.reject = self.outbox.remove(&client_id);
-                    }
-                }
-            }
-            Incoming::Other => {}
-        }
-        verdict
-    }
-
     /// Time passed: fire whatever is due at `now`.
     pub fn tick(&mut self, now: f64) {
         match self.phase {
@@ -740,29 +421,10 @@ impl<M: Clone> Machine<M> {
         }
     }
 
-    /// Whether a message from `sender` is ours, so that its `client_id` may acknowledge
-    /// one of our sends. Any member can put any `client_id` in a message: only the
-    /// server-stamped sender tells our echo from a stranger's reuse of the key.
-    fn sent_by_us(&self, sender: Option<&str>) -> bool {
-        match self.user_id() {
-            Some(me) => sender == Some(me),
-            // No `ready`, no `userId` option and no readable `user_id` claim: nothing
-            // to compare with. Matching by `client_id` alone keeps sends working there
-            // (README: give `userId` to close this).
-            None => true,
-        }
-    }
-
     fn send_ping(&mut self, now: f64) {
         self.out.push(Output::Send(Frame::Ping));
         self.ping_at = None;
         self.pong_by = Some(now + self.cfg.pong_timeout_ms);
-    }
-
-    fn typer_stopped(&mut self, user_id: &str) {
-        if self.typers.stop(user_id) {
-            self.emit_typers();
-        }
     }
 
     fn emit_typers(&mut self) {

@@ -3,7 +3,7 @@
 //!
 //! Layout:
 //! - [`ids`]: validating newtypes for chat, user, message and client ids, sequence
-//!   numbers, epochs and access tokens (whose `Debug` never shows the secret).
+//!   numbers and epochs.
 //! - [`close`]: the WebSocket close codes and what a client should do on each.
 //! - [`error`]: the `error` event's codes, and this crate's [`Error`].
 //! - [`limits`]: the protocol's default limits.
@@ -11,7 +11,6 @@
 //!   to a length.
 //! - [`passthrough`] (feature `json`): the rules for a message's pass-through fields:
 //!   nesting depth, identity-looking names dropped, the stored size.
-//! - [`handshake`]: the handshake's query string and the endpoint paths.
 //! - [`events`] (feature `json`): client→server and server→client events, the message
 //!   object with server-owned and pass-through fields, and [`events::parse_client`] /
 //!   [`events::parse_server`] which turn a text frame into a typed event or a typed error.
@@ -22,7 +21,6 @@ pub mod close;
 pub mod error;
 #[cfg(feature = "json")]
 pub mod events;
-pub mod handshake;
 pub mod ids;
 pub mod limits;
 pub mod names;
@@ -31,7 +29,7 @@ pub mod passthrough;
 
 pub use close::CloseCode;
 pub use error::{Error, ErrorCode, Result};
-pub use ids::{AccessToken, ChatId, ClientId, Epoch, MessageId, Seq, UserId};
+pub use ids::{ChatId, ClientId, Epoch, MessageId, Seq, UserId};
 
 /// The `type` names of every event, as they appear on the wire.
 ///

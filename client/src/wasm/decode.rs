@@ -1,6 +1,10 @@
 //! Server frames to [`Incoming`]: `JSON.parse` and `Reflect` reads of the few fields the
 //! decisions need. The parsed object is kept, so the app gets every field the server
 //! sent (extra message fields included) without a Rust copy of it.
+//!
+//! Field by field rather than `serde-wasm-bindgen`: its deserialiser is what costs
+//! (measured on the options: 26510 -> 46973 B gzip with client/scripts/size.sh, over
+//! the package's 32 KB budget), and a frame would need it just the same.
 
 use hablar_protocol::types;
 use js_sys::JSON;

@@ -1,14 +1,17 @@
-//! One WebSocket attempt and the closures that feed its events to the client. Dropping
-//! it unhooks the handlers (so a stale socket can never reach the state machine) and
-//! closes it if still open.
+//! The WebSocket: the chat URL, one socket attempt with the closures that feed its events
+//! to the client, and what the client does with those events. Dropping a socket unhooks
+//! its handlers (so a stale socket can never reach the state machine) and closes it if
+//! still open.
 
 use std::rc::Weak;
 
 use wasm_bindgen::prelude::*;
 use web_sys::WebSocket;
 
-use super::js::get;
-use super::Inner;
+use super::js::{self, get, get_str, now};
+use super::listeners::Topic;
+use super::{decode, Inner};
+use crate::machine::Incoming;
 
 /// A socket and its event handlers, owned together.
 pub struct Socket {
@@ -82,5 +85,95 @@ impl Drop for Socket {
         if matches!(self.ws.ready_state(), WebSocket::CONNECTING | WebSocket::OPEN) {
             let _ = self.ws.close_with_code(1000);
         }
+    }
+}
+
+impl Inner {
+    /// Opens the socket of the current attempt: `{base}/ws/chat/{chat}/?token=…`, with
+    /// `since` and `epoch` when resuming.
+    pub(super) fn open_socket(&self, token: &str, since: Option<(u64, String)>) {
+        let mut url = String::with_capacity(self.base_url.len() + token.len() + 64);
+        url.push_str(&self.base_url);
+        url.push_str("/ws/chat/");
+        url.push_str(&self.chat_id);
+        url.push_str("/?token=");
+        url.push_str(&String::from(js_sys::encode_uri_component(token)));
+        if let Some((seq, epoch)) = since {
+            url.push_str("&since=");
+            js::push_u64(&mut url, seq);
+            url.push_str("&epoch=");
+            url.push_str(&String::from(js_sys::encode_uri_component(&epoch)));
+        }
+        match Socket::open(&url, &self.me) {
+            Ok(socket) => {
+                self.socket.replace(Some(socket));
+            }
+            Err(_) => self.machine.borrow_mut().on_connect_error(now()),
+        }
+    }
+
+    /// Lets the current socket go: unhooked at once, its closures freed later (one of
+    /// them may be running now).
+    pub(super) fn retire_socket(&self) {
+        if let Some(socket) = self.socket.borrow_mut().take() {
+            socket.unhook();
+            self.bury(socket);
+        }
+    }
+
+    fn on_socket_open(&self) {
+        self.sweep();
+        self.machine.borrow_mut().on_socket_open(now());
+        self.pump();
+    }
+
+    fn on_socket_close(&self, code: u16) {
+        self.sweep();
+        self.retire_socket();
+        self.machine.borrow_mut().on_socket_close(now(), code);
+        self.pump();
+    }
+
+    fn on_socket_frame(&self, text: &str) {
+        self.sweep();
+        let Some((frame, incoming)) = decode::decode(text) else {
+            return;
+        };
+        let (client_id, is_error) = match &incoming {
+            Incoming::Message { client_id, .. } => (client_id.clone(), false),
+            Incoming::Error { client_id, .. } => (client_id.clone(), true),
+            _ => (None, false),
+        };
+        let verdict = self.machine.borrow_mut().on_frame(now(), incoming);
+        if is_error {
+            let code = get_str(&frame, "code").unwrap_or_default();
+            let detail = get_str(&frame, "detail").unwrap_or_default();
+            let err = js::error(&code, &detail, client_id.as_deref());
+            if let (true, Some(id)) = (verdict.reject, &client_id) {
+                self.settle(id, Err(err.clone()));
+            }
+            self.emit(Topic::Error, &err);
+        } else {
+            let message = get(&frame, "message");
+            if let (true, Some(id)) = (verdict.resolve, &client_id) {
+                self.settle(id, Ok(message.clone()));
+            }
+            if verdict.deliver {
+                self.emit(Topic::Message, &message);
+            }
+        }
+        self.pump();
+    }
+}
+
+/// `http(s)://` becomes `ws(s)://`; a trailing slash goes.
+pub(super) fn ws_base(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    if let Some(rest) = url.strip_prefix("http") {
+        let mut ws = String::from("ws");
+        ws.push_str(rest);
+        ws
+    } else {
+        url.to_owned()
     }
 }
