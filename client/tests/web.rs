@@ -105,6 +105,31 @@ async fn fetch(url: &str, method: &str, body: Option<&JsValue>, bearer: Option<&
         .unwrap_or(JsValue::NULL)
 }
 
+/// The HTTP status of `GET url` with `bearer`.
+async fn status_of(url: &str, bearer: &str) -> u16 {
+    let init = web_sys::RequestInit::new();
+    init.set_method("GET");
+    let auth = String::from("Bearer ") + bearer;
+    init.set_headers(&object(&[("authorization", auth.into())]));
+    let window = web_sys::window().expect("a window");
+    let response: web_sys::Response = JsFuture::from(window.fetch_with_str_and_init(url, &init))
+        .await
+        .expect("fetch")
+        .unchecked_into();
+    response.status()
+}
+
+/// Waits until the server refuses `token` as expired (401 on the history API), rather
+/// than sleeping for its lifetime and guessing at the server's clock and leeway.
+async fn until_expired(token: &str) {
+    let url = String::from(server()) + "/api/chats/general/messages?limit=1";
+    let deadline = now() + 10_000.0;
+    while status_of(&url, token).await != 401 {
+        assert!(now() < deadline, "the token never expired");
+        sleep(50).await;
+    }
+}
+
 /// A dev token for `user`, valid `ttl_secs` (server default when `None`).
 async fn dev_token(user: &str, ttl_secs: Option<u32>) -> String {
     let mut fields = vec![("user_id", JsValue::from_str(user))];
@@ -198,6 +223,21 @@ impl Peer {
         peer.client.on_error(f(4).unchecked_into()).expect("subscribed");
         peer._listeners = listeners.into();
         peer
+    }
+
+    /// The codes of the errors the SDK reported to the app (`onError`).
+    fn error_codes(&self) -> Vec<String> {
+        self.errors
+            .borrow()
+            .iter()
+            .map(|(_, e)| text(e, "code"))
+            .collect()
+    }
+
+    /// Fails the test if the SDK reported any error to the app.
+    fn assert_no_errors(&self) {
+        let codes = self.error_codes();
+        assert!(codes.is_empty(), "the SDK reported errors: {codes:?}");
     }
 
     fn state(&self) -> String {
@@ -310,17 +350,26 @@ async fn a_message_sent_by_one_client_reaches_the_other_once() {
         "the server's message, with its seq"
     );
     assert!(!text(&echo, "client_id").is_empty());
-    wait_until("alice receives bob's message", 5_000.0, || {
-        !with_tag(alice.contents(), &tag).is_empty()
+    // A second message, delivered after the first on each socket, shows that any
+    // duplicate of the first would already be there.
+    bob.send(&(tag.clone() + " end")).await.expect("delivered");
+    wait_until("alice receives both of bob's messages", 5_000.0, || {
+        with_tag(alice.contents(), &tag).len() >= 2
     })
     .await;
-    sleep(200).await;
-    assert_eq!(with_tag(alice.contents(), &tag), [tag.clone() + " from bob"]);
+    wait_until("bob's echoes", 5_000.0, || {
+        with_tag(bob.contents(), &tag).len() >= 2
+    })
+    .await;
+    let expected = [tag.clone() + " from bob", tag.clone() + " end"];
+    assert_eq!(with_tag(alice.contents(), &tag), expected);
     assert_eq!(
-        with_tag(bob.contents(), &tag).len(),
-        1,
+        with_tag(bob.contents(), &tag),
+        expected,
         "the echo is delivered once"
     );
+    alice.assert_no_errors();
+    bob.assert_no_errors();
 }
 
 #[wasm_bindgen_test]
@@ -411,14 +460,18 @@ async fn after_a_network_cut_the_client_resumes_without_gaps_or_duplicates() {
         .await
         .expect("the offline message is delivered on reconnect");
     assert_eq!(text(&get(&echo, "sender"), "id"), "alice");
-    wait_until("alice has everything", 5_000.0, || {
-        with_tag(alice.contents(), &tag).len() == 5
-    })
-    .await;
-    sleep(300).await;
+    // Bob's last word comes after everything else: once both have it, a duplicate of
+    // anything before it would be there too.
+    bob.send(&(tag.clone() + " end")).await.expect("delivered");
+    for peer in [&alice, &bob] {
+        wait_until("everything, up to bob's last word", 5_000.0, || {
+            with_tag(peer.contents(), &tag).last() == Some(&(tag.clone() + " end"))
+        })
+        .await;
+    }
     let expected: Vec<String> = (0..=3)
         .map(|i| tag.clone() + " " + &i.to_string())
-        .chain([tag.clone() + " from alice offline"])
+        .chain([tag.clone() + " from alice offline", tag.clone() + " end"])
         .collect();
     assert_eq!(with_tag(alice.contents(), &tag), expected, "once each, in order");
     assert_eq!(
@@ -433,6 +486,8 @@ async fn after_a_network_cut_the_client_resumes_without_gaps_or_duplicates() {
         alice.reloads.borrow().is_empty(),
         "the gap was replayed, no reload needed"
     );
+    alice.assert_no_errors();
+    bob.assert_no_errors();
 }
 
 /// A server that sends a message before the one preceding it (what session 4's CI saw:
@@ -452,13 +507,17 @@ async fn messages_out_of_order_make_the_sdk_resume_and_the_app_loses_none() {
             .expect("delivered");
     }
     wait_until("alice has both", 5_000.0, || {
-        with_tag(alice.contents(), &tag).len() == 2
+        with_tag(alice.contents(), &tag).len() >= 2
     })
     .await;
-    sleep(300).await;
+    bob.send(&(tag.clone() + " end")).await.expect("delivered");
+    wait_until("alice has bob's last word", 5_000.0, || {
+        with_tag(alice.contents(), &tag).last() == Some(&(tag.clone() + " end"))
+    })
+    .await;
     assert_eq!(
         with_tag(alice.contents(), &tag),
-        [tag.clone() + " 1", tag.clone() + " 2"],
+        [tag.clone() + " 1", tag.clone() + " 2", tag.clone() + " end"],
         "once each, in order"
     );
     let names = alice.state_names();
@@ -471,6 +530,7 @@ async fn messages_out_of_order_make_the_sdk_resume_and_the_app_loses_none() {
         alice.reloads.borrow().is_empty(),
         "the two were replayed, no reload needed"
     );
+    alice.assert_no_errors();
 }
 
 /// A member who sends a message with alice's pending `client_id` does not settle her
@@ -505,11 +565,11 @@ async fn another_members_message_with_our_client_id_does_not_settle_our_send() {
         ("alice".to_owned(), tag.clone() + " from alice"),
         "resolved with alice's own echo, not with mallory's message"
     );
-    wait_until("alice has both messages", 5_000.0, || {
-        with_tag(alice.contents(), &tag).len() == 2
+    mallory.send(&(tag.clone() + " end")).await.expect("delivered");
+    wait_until("alice has mallory's last word", 5_000.0, || {
+        with_tag(alice.contents(), &tag).last() == Some(&(tag.clone() + " end"))
     })
     .await;
-    sleep(200).await;
     let seen: Vec<(String, String)> = alice
         .senders_and_contents()
         .into_iter()
@@ -520,9 +580,11 @@ async fn another_members_message_with_our_client_id_does_not_settle_our_send() {
         [
             ("bob".to_owned(), tag.clone() + " from mallory"),
             ("alice".to_owned(), tag.clone() + " from alice"),
+            ("bob".to_owned(), tag.clone() + " end"),
         ],
         "both delivered once, each as its sender's"
     );
+    alice.assert_no_errors();
 }
 
 /// What an app does with `onReloadHistory`: fetch the latest page over HTTP.
@@ -553,6 +615,43 @@ fn timeline(live: &Log, reloaded: &[JsValue], tag: &str) -> Vec<String> {
     all.into_iter().map(|(_, _, c)| c).collect()
 }
 
+/// A bare browser WebSocket to `chat` as `user`, open, and the code it closes with.
+async fn raw_socket(user: &str, chat: &str) -> (RawSocket, Rc<std::cell::Cell<Option<u16>>>) {
+    let token = dev_token(user, None).await;
+    let url = String::from(server()).replace("http", "ws") + "/ws/chat/" + chat + "/?token=" + &token;
+    let socket = web_sys::WebSocket::new(&url).expect("socket");
+    let closed_with = Rc::new(std::cell::Cell::new(None));
+    let record = closed_with.clone();
+    let on_close = Closure::<dyn FnMut(JsValue)>::new(move |ev: JsValue| {
+        record.set(get(&ev, "code").as_f64().map(|code| code as u16));
+    });
+    socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+    wait_until("raw socket open", 5_000.0, || {
+        socket.ready_state() == web_sys::WebSocket::OPEN
+    })
+    .await;
+    (
+        RawSocket {
+            socket,
+            _on_close: on_close,
+        },
+        closed_with,
+    )
+}
+
+/// A bare socket that keeps its close listener and closes on drop.
+struct RawSocket {
+    socket: web_sys::WebSocket,
+    _on_close: Closure<dyn FnMut(JsValue)>,
+}
+
+impl Drop for RawSocket {
+    fn drop(&mut self) {
+        self.socket.set_onclose(None);
+        let _ = self.socket.close();
+    }
+}
+
 #[wasm_bindgen_test]
 async fn a_server_restart_reconnects_and_loses_no_message() {
     let alice = Peer::new("alice", "general", server()).await;
@@ -560,6 +659,8 @@ async fn a_server_restart_reconnects_and_loses_no_message() {
     alice.open().await;
     bob.open().await;
     let tag = tag("restart");
+    // A bare socket beside them shows what the server says as it goes: 1012, restart.
+    let (raw, closed_with) = raw_socket("carol", "general").await;
 
     // The server goes away for 1.5 s; both sides write while it is gone.
     let restart = harness_start("/restart?pause_ms=1500");
@@ -571,6 +672,12 @@ async fn a_server_restart_reconnects_and_loses_no_message() {
     let b1 = bob.send(&(tag.clone() + " bob 1"));
     let b2 = bob.send(&(tag.clone() + " bob 2"));
     restart.await.expect("restarted");
+    assert_eq!(
+        closed_with.get(),
+        Some(1012),
+        "a graceful restart closes with 1012"
+    );
+    drop(raw);
     let a = a.await.expect("alice's offline message is delivered");
     let b1 = b1.await.expect("bob's first offline message is delivered");
     let b2 = b2.await.expect("bob's second offline message is delivered");
@@ -584,10 +691,22 @@ async fn a_server_restart_reconnects_and_loses_no_message() {
         assert!(reconnecting.is_some(), "{names:?}");
         assert_eq!(names.last().map(String::as_str), Some("open"), "{names:?}");
     }
-    sleep(500).await;
+    // Bob's last word is stored after the rest: once a peer has it, any duplicate of
+    // the rest would be there too.
+    let end = bob.send(&(tag.clone() + " end")).await.expect("delivered");
+    for peer in [&alice, &bob] {
+        wait_until("bob's last word", 5_000.0, || {
+            with_tag(peer.contents(), &tag).last() == Some(&text(&end, "content"))
+        })
+        .await;
+    }
     let mut expected = [&a, &b1, &b2];
     expected.sort_by(|x, y| seq(x).total_cmp(&seq(y)));
-    let expected: Vec<String> = expected.iter().map(|m| text(m, "content")).collect();
+    let expected: Vec<String> = expected
+        .iter()
+        .map(|m| text(m, "content"))
+        .chain([text(&end, "content")])
+        .collect();
     // The restarted server has a new store (new epoch): whoever came back after the
     // other's messages were stored is told to reload history, and does, as an app would.
     for peer in [&alice, &bob] {
@@ -606,6 +725,7 @@ async fn a_server_restart_reconnects_and_loses_no_message() {
             expected,
             "every message once, in seq order"
         );
+        peer.assert_no_errors();
     }
 }
 
@@ -621,12 +741,14 @@ async fn a_non_member_fails_with_4403_and_never_retries() {
         ["connecting", "failed"],
         "never shown open"
     );
+    // A retry would come within the backoff cap (1 s here): nothing to await but time.
     sleep(1_500).await;
     assert_eq!(
         mallory.state_names(),
         ["connecting", "failed"],
         "no further attempt"
     );
+    mallory.assert_no_errors();
     let err = mallory.send("let me in").await.expect_err("refused");
     assert_eq!(text(&err, "code"), "failed");
     assert_eq!(text(&err, "name"), "HablarError");
@@ -636,7 +758,7 @@ async fn a_non_member_fails_with_4403_and_never_retries() {
 async fn an_expired_token_is_refreshed_once_through_the_provider() {
     let expired = dev_token("alice", Some(1)).await;
     let fresh = dev_token("alice", None).await;
-    sleep(2_200).await;
+    until_expired(&expired).await;
     let calls = Rc::new(RefCell::new(0));
     let counter = calls.clone();
     let provider = Closure::<dyn FnMut() -> Promise>::new(move || {
@@ -652,6 +774,7 @@ async fn an_expired_token_is_refreshed_once_through_the_provider() {
         !peer.state_names().contains(&"reconnecting".to_owned()),
         "a refresh is not a backoff"
     );
+    peer.assert_no_errors();
     drop(peer);
     drop(provider);
 }
@@ -668,11 +791,6 @@ async fn a_base_layer_peer_without_extensions_still_connects_types_sends_and_rec
 
     alice.client.typing();
     wait_until("bob sees alice typing", 2_000.0, || bob.typers() == ["alice"]).await;
-    sleep(200).await;
-    assert!(
-        alice.typers().is_empty(),
-        "the peer echoes alice's typing; it is filtered"
-    );
 
     let tag = tag("base");
     let echo = bob
@@ -684,7 +802,13 @@ async fn a_base_layer_peer_without_extensions_still_connects_types_sends_and_rec
         with_tag(alice.contents(), &tag).len() == 1
     })
     .await;
-    assert!(alice.typers().is_empty() || alice.typers() == ["bob"]);
+    // The peer relayed alice's typing back to her before bob's message: by now she has
+    // it, and filtered it; bob never typed.
+    assert!(
+        alice.typers().is_empty(),
+        "the peer echoes alice's typing; it is filtered: {:?}",
+        alice.typers()
+    );
 
     // The peer drops every socket without a close frame (1006 in the browser).
     harness("/base/drop").await;
@@ -708,32 +832,56 @@ async fn a_base_layer_peer_without_extensions_still_connects_types_sends_and_rec
         .send(&(tag.clone() + " 2"))
         .await
         .expect("sending works again");
-    wait_until("bob gets it", 2_000.0, || {
-        with_tag(bob.contents(), &tag).len() == 2
+    alice.send(&(tag.clone() + " 3")).await.expect("delivered");
+    wait_until("bob gets alice's last word", 2_000.0, || {
+        with_tag(bob.contents(), &tag).last() == Some(&(tag.clone() + " 3"))
     })
     .await;
-    sleep(200).await;
     assert_eq!(
         with_tag(bob.contents(), &tag),
-        [tag.clone() + " 1", tag.clone() + " 2"]
+        [tag.clone() + " 1", tag.clone() + " 2", tag.clone() + " 3"]
     );
+    alice.assert_no_errors();
+    bob.assert_no_errors();
+}
+
+/// Cuts alice's proxy until her pending reconnect delay is long (10 s or more, of up
+/// to 60 s drawn uniformly), so that only a page event can bring her back soon; the
+/// proxy is restored. Returns the delay.
+async fn until_a_long_reconnect_delay(alice: &Peer) -> f64 {
+    for _ in 0..8 {
+        harness("/proxy/cut").await;
+        wait_until("alice notices the cut", 5_000.0, || {
+            alice.state() == "reconnecting"
+        })
+        .await;
+        harness("/proxy/restore").await;
+        let waiting: JsValue = alice.client.state().into();
+        let delay = get(&waiting, "delayMs").as_f64().expect("a pending delay");
+        if delay >= 10_000.0 {
+            return delay;
+        }
+        // Too short to tell a page event from the timer: let it run out, and draw again.
+        wait_until("alice is back by her timer", delay + 5_000.0, || {
+            alice.state() == "open"
+        })
+        .await;
+    }
+    panic!("eight reconnect delays of up to 60 s were all under 10 s");
+}
+
+/// A client whose reconnect delays are drawn from [0, 60 s), open through the proxy.
+async fn slow_to_retry(user: &str) -> Peer {
+    let token = dev_token(user, None).await;
+    let peer = Peer::with_options("general", proxy(), token.clone().into(), token, (60_000, 60_000)).await;
+    peer.open().await;
+    peer
 }
 
 #[wasm_bindgen_test]
 async fn the_browser_coming_back_online_reconnects_without_waiting_for_the_backoff() {
-    // Reconnect delays uniform in [0, 60 s): only the `online` event brings alice back
-    // within a second or two.
-    let token = dev_token("alice", None).await;
-    let alice = Peer::with_options("general", proxy(), token.clone().into(), token, (60_000, 60_000)).await;
-    alice.open().await;
-    harness("/proxy/cut").await;
-    wait_until("alice notices the cut", 5_000.0, || {
-        alice.state() == "reconnecting"
-    })
-    .await;
-    harness("/proxy/restore").await;
-    let waiting: JsValue = alice.client.state().into();
-    let delay = get(&waiting, "delayMs").as_f64().unwrap_or(0.0);
+    let alice = slow_to_retry("alice").await;
+    let delay = until_a_long_reconnect_delay(&alice).await;
     let online = web_sys::Event::new("online").expect("event");
     web_sys::window()
         .expect("a window")
@@ -746,4 +894,135 @@ async fn the_browser_coming_back_online_reconnects_without_waiting_for_the_backo
         took < 2_000.0,
         "back after {took} ms (backoff delay was {delay} ms)"
     );
+    alice.assert_no_errors();
+}
+
+#[wasm_bindgen_test]
+async fn the_tab_becoming_visible_reconnects_without_waiting_for_the_backoff() {
+    let alice = slow_to_retry("alice").await;
+    let delay = until_a_long_reconnect_delay(&alice).await;
+    let window = web_sys::window().expect("a window");
+    let document: web_sys::EventTarget = get(&window, "document").unchecked_into();
+    assert_eq!(
+        get(&document, "hidden").as_bool(),
+        Some(false),
+        "the test page is visible"
+    );
+    let visible = web_sys::Event::new("visibilitychange").expect("event");
+    document.dispatch_event(&visible).expect("dispatched");
+    let back = now();
+    wait_until("alice reconnects at once", 3_000.0, || alice.state() == "open").await;
+    let took = now() - back;
+    assert!(
+        took < 2_000.0,
+        "back after {took} ms (backoff delay was {delay} ms)"
+    );
+    alice.assert_no_errors();
+}
+
+/// A client of `general` whose token provider answers the first call with `first()`
+/// and every later one with a valid token; returns it with its call count.
+async fn with_provider(
+    first: impl Fn() -> JsValue + 'static,
+) -> (Peer, Rc<RefCell<u32>>, Closure<dyn FnMut() -> JsValue>) {
+    let fresh = dev_token("alice", None).await;
+    let calls = Rc::new(RefCell::new(0));
+    let counter = calls.clone();
+    let provider = Closure::<dyn FnMut() -> JsValue>::new(move || {
+        *counter.borrow_mut() += 1;
+        if *counter.borrow() == 1 {
+            first()
+        } else {
+            Promise::resolve(&JsValue::from_str(&fresh)).into()
+        }
+    });
+    let peer = Peer::with_token("general", server(), provider.as_ref().clone(), String::new()).await;
+    (peer, calls, provider)
+}
+
+/// The provider failed once: the SDK treats it as a failed attempt (backoff, then the
+/// provider again), never as a token, and never gives up.
+async fn recovers_from_a_failed_provider(first: impl Fn() -> JsValue + 'static) {
+    let (peer, calls, provider) = with_provider(first).await;
+    peer.client.connect();
+    wait_until("open after the provider's failure", 10_000.0, || {
+        peer.state() == "open"
+    })
+    .await;
+    assert_eq!(*calls.borrow(), 2, "asked again after the failure");
+    let names = peer.state_names();
+    assert!(names.contains(&"reconnecting".to_owned()), "a backoff: {names:?}");
+    assert!(!names.contains(&"failed".to_owned()), "{names:?}");
+    peer.assert_no_errors();
+    drop(peer);
+    drop(provider);
+}
+
+#[wasm_bindgen_test]
+async fn a_token_provider_that_rejects_is_retried_after_a_backoff() {
+    recovers_from_a_failed_provider(|| Promise::reject(&JsValue::from_str("no session")).into()).await;
+}
+
+#[wasm_bindgen_test]
+async fn a_token_provider_that_throws_is_retried_after_a_backoff() {
+    recovers_from_a_failed_provider(|| {
+        let thrower = js_sys::Function::new_no_args("throw new Error('provider broke')");
+        thrower
+            .call0(&JsValue::NULL)
+            .unwrap_or_else(|err| wasm_bindgen::throw_val(err))
+    })
+    .await;
+}
+
+#[wasm_bindgen_test]
+async fn a_token_provider_that_returns_a_non_string_is_retried_after_a_backoff() {
+    recovers_from_a_failed_provider(|| Promise::resolve(&JsValue::from_f64(42.0)).into()).await;
+}
+
+#[wasm_bindgen_test]
+async fn a_second_4401_after_a_refresh_fails_the_client() {
+    let expired = dev_token("alice", Some(1)).await;
+    until_expired(&expired).await;
+    let calls = Rc::new(RefCell::new(0));
+    let counter = calls.clone();
+    let provider = Closure::<dyn FnMut() -> Promise>::new(move || {
+        *counter.borrow_mut() += 1;
+        Promise::resolve(&JsValue::from_str(&expired))
+    });
+    let peer = Peer::with_token("general", server(), provider.as_ref().clone(), String::new()).await;
+    peer.client.connect();
+    wait_until("failed", 10_000.0, || peer.state() == "failed").await;
+    let state: JsValue = peer.client.state().into();
+    assert_eq!(get(&state, "code").as_f64(), Some(4401.0));
+    assert_eq!(*calls.borrow(), 2, "one call to connect, one refresh, no more");
+    assert_eq!(peer.state_names(), ["connecting", "failed"], "never shown open");
+    drop(peer);
+    drop(provider);
+}
+
+/// The SDK reconnects when the server closes with 1000 unasked: only the app's
+/// `close()` ends a session. (The harness's proxy sends the 1000.)
+#[wasm_bindgen_test]
+async fn an_unrequested_1000_close_reconnects_and_resumes() {
+    let alice = Peer::new("alice", "general", proxy()).await;
+    let bob = Peer::new("bob", "general", server()).await;
+    alice.open().await;
+    bob.open().await;
+    harness("/proxy/close?code=1000").await;
+    wait_until("alice notices the close", 5_000.0, || alice.state() != "open").await;
+    let tag = tag("normal-close");
+    bob.send(&(tag.clone() + " while away")).await.expect("delivered");
+    wait_until("alice is back with the message", 10_000.0, || {
+        alice.state() == "open" && with_tag(alice.contents(), &tag).len() == 1
+    })
+    .await;
+    let names = alice.state_names();
+    assert!(names.contains(&"reconnecting".to_owned()), "{names:?}");
+    assert!(!names.contains(&"closed".to_owned()), "{names:?}");
+    assert!(
+        alice.reloads.borrow().is_empty(),
+        "resumed: {:?}",
+        alice.reloads.borrow().len()
+    );
+    alice.assert_no_errors();
 }

@@ -8,7 +8,7 @@
 //!   minted token is remembered so that [`logs`] can prove none was logged.
 //! - [`Client`]: a tokio-tungstenite client whose `recv_event` returns typed
 //!   `ServerEvent`s, with timeouts.
-//! - [`logs`]: a global tracing subscriber that captures the server's logs in memory.
+//! - [`logs`]: captures one test's server logs in memory, apart from other tests'.
 //! - [`redis`]: a real `redis-server` per test, on a free port, that can be killed and
 //!   restarted.
 //! - [`backend_tests!`]: instantiates each behavioural test once per [`Backend`].

@@ -84,9 +84,15 @@ impl Member {
     /// away (1011) or not yet re-provisioned after losing its data: no chat yet (4404),
     /// or the chat but not yet its members (4403; `provision` writes the chat first, as
     /// an existing backend would). A 4403 that lasted would still fail the test, by
-    /// its time limit.
+    /// its deadline.
     async fn connect(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
         loop {
+            assert!(
+                Instant::now() < deadline,
+                "{}: not admitted within {PATIENCE:?}",
+                self.user
+            );
             let mut url = format!("{}?token={}", self.base, tokens::token(self.user));
             if let Some(epoch) = &self.epoch {
                 url.push_str(&format!("&since={}&epoch={epoch}", self.last_seq));
@@ -328,7 +334,9 @@ async fn chat_through(fault: Fault) {
     bob.connect().await;
     let alice = tokio::spawn(alice.send_all(20));
     let bob = tokio::spawn(bob.send_all(20));
+    let deadline = Instant::now() + PATIENCE;
     while progress.load(Ordering::Relaxed) < 10 {
+        assert!(Instant::now() < deadline, "no traffic before the fault");
         sleep(Duration::from_millis(2)).await;
     }
     match fault {

@@ -12,7 +12,81 @@ backend_tests!(
     history_pages_backwards_oldest_first_for_members_only,
     health_and_metrics_answer,
     dev_mode_seeds_hands_out_tokens_and_answers_loopback_cors,
+    has_more_is_false_when_exactly_limit_messages_remain,
+    has_more_is_false_when_older_messages_were_trimmed_by_the_retention,
 );
+
+/// Sends `count` messages `m1`… as `client` and waits for their echoes.
+async fn send_messages(client: &mut Client, count: usize) {
+    for i in 1..=count {
+        client
+            .send_json(&json!({"type": "new_message", "message": {"content": format!("m{i}")}}))
+            .await;
+    }
+    for _ in 1..=count {
+        client
+            .recv_until(|e| matches!(e, hablar_protocol::events::ServerEvent::NewMessage { .. }))
+            .await;
+    }
+}
+
+/// The page at `query` as (contents, has_more).
+async fn page(server: &TestServer, query: &str) -> (Vec<String>, bool) {
+    let (status, body) = server.history("room", &tokens::token("alice"), query).await;
+    assert_eq!(status, 200, "{query}: {body}");
+    let page: HistoryPage = serde_json::from_value(body).expect("a history page");
+    let contents = page.messages.into_iter().map(|m| m.content).collect();
+    (contents, page.has_more)
+}
+
+async fn has_more_is_false_when_exactly_limit_messages_remain(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.create_chat("room", &["alice"]).await;
+    let mut alice = server.join("room", "alice").await;
+    send_messages(&mut alice, 4).await;
+    assert_eq!(
+        page(&server, "?limit=4").await,
+        (vec!["m1".into(), "m2".into(), "m3".into(), "m4".into()], false),
+        "all four fit: nothing more"
+    );
+    assert_eq!(
+        page(&server, "?limit=3").await,
+        (vec!["m2".into(), "m3".into(), "m4".into()], true),
+        "one more is older"
+    );
+    assert_eq!(
+        page(&server, "?before=3&limit=2").await,
+        (vec!["m1".into(), "m2".into()], false),
+        "the two before seq 3 are the first two"
+    );
+}
+
+async fn has_more_is_false_when_older_messages_were_trimmed_by_the_retention(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.limits.history_retention = 3).await;
+    server.create_chat("room", &["alice"]).await;
+    let mut alice = server.join("room", "alice").await;
+    send_messages(&mut alice, 5).await;
+    assert_eq!(
+        page(&server, "?limit=10").await,
+        (vec!["m3".into(), "m4".into(), "m5".into()], false),
+        "m1 and m2 are gone, so there is nothing more to fetch"
+    );
+    assert_eq!(
+        page(&server, "?limit=3").await,
+        (vec!["m3".into(), "m4".into(), "m5".into()], false),
+        "exactly the retained three"
+    );
+    assert_eq!(
+        page(&server, "?limit=2").await,
+        (vec!["m4".into(), "m5".into()], true),
+        "m3 is still retained"
+    );
+    assert_eq!(
+        page(&server, "?before=4").await,
+        (vec!["m3".into()], false),
+        "before the oldest retained, nothing"
+    );
+}
 
 async fn history_pages_backwards_oldest_first_for_members_only(backend: Backend) {
     let server = TestServer::start_with(backend, |c| {

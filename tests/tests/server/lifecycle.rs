@@ -2,15 +2,36 @@
 
 use hablar_protocol::events::ServerEvent;
 use hablar_tests::client::Client;
-use hablar_tests::{backend_tests, logs, tokens, Backend, TestServer};
+use hablar_tests::logs::Capture;
+use hablar_tests::redis::RedisServer;
+use hablar_tests::{backend_tests, tokens, Backend, TestServer};
 use serde_json::json;
 
 backend_tests!(
     graceful_shutdown_closes_every_socket_with_1012,
     dev_mode_refuses_a_public_address,
     an_empty_jwt_secret_is_refused_at_start,
-    logs_never_contain_a_token,
 );
+
+/// A configuration on `backend` (with a `redis-server` of its own, returned to be kept
+/// running, for [`Backend::Redis`]), so that a refusal is shown to come before the
+/// backend is used, whichever it is.
+async fn config_on(backend: Backend) -> (hablar_server::Config, Option<RedisServer>) {
+    let mut config = hablar_server::Config::defaults();
+    let redis = match backend {
+        Backend::Memory => None,
+        Backend::Redis => {
+            let redis = RedisServer::start().await;
+            redis.configure(&mut config);
+            Some(redis)
+        }
+    };
+    config.backend = match backend {
+        Backend::Memory => hablar_server::BackendKind::Memory,
+        Backend::Redis => hablar_server::BackendKind::Redis,
+    };
+    (config, redis)
+}
 
 async fn graceful_shutdown_closes_every_socket_with_1012(backend: Backend) {
     let server = TestServer::start(backend).await;
@@ -46,21 +67,22 @@ async fn graceful_shutdown_closes_every_socket_with_1012(backend: Backend) {
     );
 }
 
-async fn dev_mode_refuses_a_public_address(_backend: Backend) {
+async fn dev_mode_refuses_a_public_address(backend: Backend) {
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.expect("bind");
-    let mut config = hablar_server::Config::defaults();
+    let (mut config, _redis) = config_on(backend).await;
     config.dev = true;
-    let result = hablar_server::serve(listener, config, std::future::pending()).await;
+    let serve = hablar_server::serve(listener, config, std::future::pending());
+    let result = tokio::time::timeout(std::time::Duration::from_secs(5), serve).await;
     assert!(
-        matches!(result, Err(hablar_server::Error::Config(_))),
-        "{result:?}"
+        matches!(result, Ok(Err(hablar_server::Error::Config(_)))),
+        "the server must refuse to start: {result:?}"
     );
 }
 
-async fn an_empty_jwt_secret_is_refused_at_start(_backend: Backend) {
+async fn an_empty_jwt_secret_is_refused_at_start(backend: Backend) {
     // With an empty HMAC key anyone could sign a token for any user.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let mut config = hablar_server::Config::defaults();
+    let (mut config, _redis) = config_on(backend).await;
     config.jwt_secret = Some(hablar_server::Secret::new(""));
     let serve = hablar_server::serve(listener, config, std::future::pending());
     let result = tokio::time::timeout(std::time::Duration::from_secs(5), serve).await;
@@ -70,7 +92,45 @@ async fn an_empty_jwt_secret_is_refused_at_start(_backend: Backend) {
     );
 }
 
-async fn logs_never_contain_a_token(backend: Backend) {
+/// Each backend on a runtime of its own, whose logs are captured apart from every other
+/// test's.
+mod logs_never_contain_a_token {
+    use super::*;
+
+    #[test]
+    fn memory() {
+        Capture::run(|capture| logs_never_contain_a_token(Backend::Memory, capture));
+    }
+
+    #[test]
+    fn redis() {
+        Capture::run(|capture| logs_never_contain_a_token(Backend::Redis, capture));
+    }
+}
+
+/// A server on a thread and runtime of its own (as a concurrent test's is) refuses a
+/// handshake for `chat`, which it logs.
+async fn neighbour_refuses(chat: &'static str) {
+    let neighbour = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let server = TestServer::start(Backend::Memory).await;
+            let mut refused = server.connect(chat, &tokens::token("alice")).await;
+            assert_eq!(refused.expect_close().await, 4404, "no such chat");
+            server.shutdown().await.expect("the neighbour stops");
+        });
+    });
+    tokio::task::spawn_blocking(move || neighbour.join())
+        .await
+        .expect("joined")
+        .expect("the neighbour ran");
+}
+
+async fn logs_never_contain_a_token(backend: Backend, capture: Capture) {
+    neighbour_refuses("neighbour-room").await;
     let server = TestServer::start(backend).await;
     server.create_chat("room", &["alice"]).await;
     // Every path that sees a token: accepted, refused, expired, HTTP bearer, admin key.
@@ -104,10 +164,14 @@ async fn logs_never_contain_a_token(backend: Backend) {
         .await;
     alice.close().await;
 
-    let captured = logs::captured();
+    let captured = capture.text();
     assert!(
         captured.contains("handshake refused"),
         "the capture works:\n{captured}"
+    );
+    assert!(
+        !captured.contains("neighbour-room"),
+        "the capture holds this test's server only"
     );
     assert!(captured.contains("/ws/chat/room/"), "request paths are logged");
     for token in tokens::all_minted() {

@@ -196,6 +196,22 @@ async fn a_burst_of_joins_does_not_close_a_reading_client(backend: Backend) {
     );
 }
 
+/// Waits until the `/metrics` text has `line` (a metric that may not exist yet).
+async fn until_metric_line(server: &TestServer, line: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let text = server.metrics().await;
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `{line}` after {within:?} in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn an_idle_connection_is_pinged_and_closed_when_silent(backend: Backend) {
     let server = TestServer::start_with(backend, |c| {
         c.limits.ping_interval_ms = 100;
@@ -208,11 +224,19 @@ async fn an_idle_connection_is_pinged_and_closed_when_silent(backend: Backend) {
     alive.expect_silence(Duration::from_millis(700)).await;
     alive.send_json(&json!({"type": "ping", "id": 1})).await;
     assert!(matches!(alive.recv_event().await, ServerEvent::Pong { .. }));
+    // Closed by its user, so that the only 1001 is the silent client's.
+    alive.close().await;
     // A client that never reads never answers a ping: closed as idle.
     let mut silent = Client::connect(&server.ws_url("room", &tokens::token("alice"), ""))
         .await
         .expect("handshake");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Reading would answer the pings: wait for the server to count the close instead.
+    until_metric_line(
+        &server,
+        "hablar_closes_total{code=\"1001\"} 1",
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(silent.expect_close().await, 1001);
 }
 
@@ -310,9 +334,15 @@ async fn failed_handshakes_throttle_an_address_before_its_token_is_checked(backe
             .await,
         2.0
     );
-    // One failure's worth refills in 0.5 s; the refused handshakes cost nothing.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    server.join("room", "alice").await;
+    // One failure's worth refills in 0.5 s; the refused handshakes cost nothing, so
+    // trying until admitted is what a client does.
+    let throttled = tokio::time::Instant::now();
+    join_once_a_slot_is_free(&server, "room", "alice").await;
+    let waited = throttled.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "admitted after {waited:?}, before the bucket refilled"
+    );
 }
 
 backend_tests!(forwarded_for_names_the_client_only_behind_a_trusted_proxy);
