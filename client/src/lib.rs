@@ -14,7 +14,7 @@
 //!   `HablarClient` JS class), `listeners` (the app's listeners and waiting sends),
 //!   `token` (a connection attempt's token), `socket` (the WebSocket and its events),
 //!   `decode` (server frames with `JSON.parse`), `timer` (the one wake-up timer), `page`
-//!   (`online`, `visibilitychange`), `payloads` (what the app receives, with `serde-wasm-bindgen`), `types` (the
+//!   (`online`, `visibilitychange`), `payloads` (what the app receives), `types` (the
 //!   package's TypeScript types), `js` (small JS helpers).
 
 pub mod backoff;

@@ -1,72 +1,64 @@
-//! The values the app receives: connection states, user lists and the history-reload
-//! event, serialised with `serde-wasm-bindgen` into the shapes the TypeScript types say;
-//! and the details of the SDK's own errors.
+//! The values the app receives: connection states, user lists and the details of the
+//! SDK's own errors, shaped as the TypeScript types say.
 //!
-//! Serialising these with `serde-wasm-bindgen` instead of building them with `Reflect`
-//! cost 2258 B gzip (client/scripts/size.sh: 26510 -> 28768 B), which the package can
-//! afford. Reading options and frames with it cannot be afforded: see `decode`.
+//! Built with `Reflect.set` rather than `serde-wasm-bindgen`: the same payloads through
+//! `#[derive(Serialize)]` + `serde_wasm_bindgen::to_value` measured 26,510 -> 28,768 B
+//! gzip (`client/scripts/size.sh`, +2,258 B, 8.6 %) for no change a user sees, and the
+//! package's 32 KB budget must still hold the many-chat connection and the inbox. Reading
+//! the options through its deserialiser measured 46,973 B gzip (see `js`).
 
 use hablar_protocol::CloseCode;
-use serde::Serialize;
 use wasm_bindgen::JsValue;
 
+use super::js::{object, set};
 use crate::machine::{Machine, ReloadReason, State};
 
-/// `ConnectionState`.
-#[derive(Serialize)]
-#[serde(tag = "state", rename_all = "camelCase")]
-enum StateJs {
-    Connecting {
-        attempt: u32,
-    },
-    Open,
-    Reconnecting {
-        attempt: u32,
-        #[serde(rename = "delayMs")]
-        delay_ms: f64,
-    },
-    Closed,
-    Failed {
-        code: u16,
-        reason: &'static str,
-    },
-}
-
-/// `ChatUser`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct UserJs<'a> {
-    user_id: &'a str,
-    username: &'a str,
-}
-
-/// `ReloadHistoryEvent`.
-#[derive(Serialize)]
-struct ReloadJs {
-    reason: &'static str,
-}
-
-/// `value` as a plain JS object or array.
-fn to_js(value: &impl Serialize) -> JsValue {
-    // Cannot fail: every payload here is strings and numbers in structs and lists.
-    serde_wasm_bindgen::to_value(value).unwrap_or(JsValue::UNDEFINED)
+pub(super) fn send_error_detail(code: &str) -> &'static str {
+    match code {
+        "outbox_full" => "too many messages waiting to be sent",
+        "closed" => "the client was closed before the message was delivered",
+        _ => "the connection failed before the message was delivered",
+    }
 }
 
 /// `{ state, ... }` as the TypeScript `ConnectionState` says.
 pub(super) fn state_js(state: &State) -> JsValue {
-    to_js(&match state {
-        State::Connecting { attempt } => StateJs::Connecting { attempt: *attempt },
-        State::Open => StateJs::Open,
-        State::Reconnecting { attempt, delay_ms } => StateJs::Reconnecting {
-            attempt: *attempt,
-            delay_ms: delay_ms.round(),
-        },
-        State::Closed => StateJs::Closed,
-        State::Failed { code } => StateJs::Failed {
-            code: *code,
-            reason: CloseCode::from_u16(*code).reason(),
-        },
-    })
+    let out = object();
+    let name = match state {
+        State::Connecting { attempt } => {
+            set(&out, "attempt", &JsValue::from(*attempt));
+            "connecting"
+        }
+        State::Open => "open",
+        State::Reconnecting { attempt, delay_ms } => {
+            set(&out, "attempt", &JsValue::from(*attempt));
+            set(&out, "delayMs", &JsValue::from(delay_ms.round()));
+            "reconnecting"
+        }
+        State::Closed => "closed",
+        State::Failed { code } => {
+            set(&out, "code", &JsValue::from(*code));
+            set(
+                &out,
+                "reason",
+                &JsValue::from_str(CloseCode::from_u16(*code).reason()),
+            );
+            "failed"
+        }
+    };
+    set(&out, "state", &JsValue::from_str(name));
+    out
+}
+
+/// `{ reason }` as the TypeScript `ReloadHistoryEvent` says.
+pub(super) fn reload_js(reason: ReloadReason) -> JsValue {
+    let event = object();
+    let reason = match reason {
+        ReloadReason::NotRecovered => "not_recovered",
+        ReloadReason::NoResume => "no_resume",
+    };
+    set(&event, "reason", &JsValue::from_str(reason));
+    event
 }
 
 /// Who is typing, as `ChatUser[]`.
@@ -81,27 +73,17 @@ pub(super) fn presence_js(machine: &Machine<String>) -> JsValue {
 
 /// `(user_id, username)` pairs as `ChatUser[]`.
 fn users_js<'a>(users: impl Iterator<Item = (&'a str, &'a str)>) -> JsValue {
-    let users: Vec<UserJs> = users
-        .map(|(user_id, username)| UserJs { user_id, username })
-        .collect();
-    to_js(&users)
-}
-
-/// `{ reason }` as the TypeScript `ReloadHistoryEvent` says.
-pub(super) fn reload_js(reason: ReloadReason) -> JsValue {
-    to_js(&ReloadJs {
-        reason: match reason {
-            ReloadReason::NotRecovered => "not_recovered",
-            ReloadReason::NoResume => "no_resume",
-        },
-    })
-}
-
-/// The `detail` of a send the SDK itself rejected.
-pub(super) fn send_error_detail(code: &str) -> &'static str {
-    match code {
-        "outbox_full" => "too many messages waiting to be sent",
-        "closed" => "the client was closed before the message was delivered",
-        _ => "the connection failed before the message was delivered",
+    let list = js_sys::Array::new();
+    for (user_id, username) in users {
+        list.push(&user_js(user_id, username));
     }
+    list.into()
+}
+
+/// `{ userId, username }`.
+pub(super) fn user_js(user_id: &str, username: &str) -> JsValue {
+    let user = object();
+    set(&user, "userId", &JsValue::from_str(user_id));
+    set(&user, "username", &JsValue::from_str(username));
+    user
 }
