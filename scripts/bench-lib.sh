@@ -6,6 +6,7 @@ BENCH_SECRET=${BENCH_SECRET:-hablar-bench-secret}
 BENCH_ADMIN_KEY=${BENCH_ADMIN_KEY:-hablar-bench-admin}
 BENCH_PIDS=()
 BENCH_LOGS=${BENCH_LOGS:-$(mktemp -d)}
+source "$(dirname "${BASH_SOURCE[0]}")/server-lib.sh"
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -22,7 +23,8 @@ stop_all() {
   BENCH_PIDS=()
 }
 
-# wait_line FILE PATTERN: waits (≤ 60 s) for a line matching PATTERN, prints the port.
+# wait_port FILE PATTERN: waits (≤ 60 s) for a line matching PATTERN, prints the port
+# (the ceiling's announcement; hablar-server has its port file).
 wait_port() {
   local file=$1 pattern=$2 i
   for i in $(seq 1 600); do
@@ -41,15 +43,14 @@ wait_port() {
 start_server() {
   local bin=$1 name=$2
   shift 2
-  local log="$BENCH_LOGS/$name.out"
   # The generator's thousands of connections all come from 127.0.0.1: no connection caps.
-  RUST_LOG=${RUST_LOG:-warn} "$bin" --bind 127.0.0.1:0 --jwt-secret "$BENCH_SECRET" \
+  RUST_LOG=${RUST_LOG:-warn} start_hablar_server "$BENCH_LOGS/$name.out" "$BENCH_LOGS/$name.err" \
+    "$bin" --jwt-secret "$BENCH_SECRET" \
     --admin-key "$BENCH_ADMIN_KEY" --rate-per-sec 1000000 --rate-burst 1000000 \
-    --max-connections-per-ip 0 --max-connections 0 \
-    "$@" >"$log" 2>"$BENCH_LOGS/$name.err" &
-  PID=$!
+    --max-connections-per-ip 0 --max-connections 0 "$@"
+  PID=$SERVER_PID
   BENCH_PIDS+=("$PID")
-  PORT=$(wait_port "$log" "hablar-server listening on http://127.0.0.1")
+  PORT=${SERVER_ADDR##*:}
 }
 
 # start_ceiling BIN NAME

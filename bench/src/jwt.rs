@@ -1,12 +1,10 @@
 //! HS256 access tokens with simplejwt's claims (`user_id`, `token_type`, `exp`, `jti`,
-//! `iat`), so one token works against hablar-server and the Django baseline alike.
+//! `iat`), so one token works against hablar-server and the Django baseline alike. Signed
+//! by the server's minter, the one the tests use too.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use hablar_server::auth::mint_hs256;
 
 /// Mints an access token for `user_id`, valid for `ttl_secs`; `jti` must be unique.
 pub fn mint(secret: &str, user_id: &str, ttl_secs: u64, jti: u64) -> String {
@@ -14,7 +12,6 @@ pub fn mint(secret: &str, user_id: &str, ttl_secs: u64, jti: u64) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let claims = serde_json::json!({
         "token_type": "access",
         "exp": now + ttl_secs,
@@ -22,16 +19,17 @@ pub fn mint(secret: &str, user_id: &str, ttl_secs: u64, jti: u64) -> String {
         "jti": format!("bench{jti:016x}"),
         "user_id": user_id,
     });
-    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let signing_input = format!("{header}.{claims}");
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
-    mac.update(signing_input.as_bytes());
-    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-    format!("{signing_input}.{signature}")
+    // `--secret` has a non-empty default; an empty one is refused by the server anyway.
+    mint_hs256(secret.as_bytes(), &claims).expect("the bench's JWT secret is not empty")
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+
     use super::*;
 
     #[test]

@@ -21,7 +21,8 @@
 //! - [`metrics`]: counters in the Prometheus text format.
 //! - [`dev`]: the dev-mode seed data.
 //!
-//! The binary only parses [`Config`] and calls [`serve_with`] (tests call it or [`serve`]).
+//! The binary only parses [`Config`] and starts a [`Server`], as the tests do (most through
+//! [`serve`]).
 
 pub mod admin;
 pub mod auth;
@@ -52,7 +53,7 @@ pub use error::{Error, Result};
 
 use crate::auth::Verifier;
 use crate::backend::redis::RedisBackend;
-use crate::backend::{Backend, MemoryBackend};
+use crate::backend::{Backend, EventSink, MemoryBackend};
 use crate::limits::{ConnectRate, ConnectionCounter, RateByKey};
 use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
@@ -89,39 +90,90 @@ pub struct AppState {
 }
 
 /// Serves Hablar on `listener` until `shutdown` completes, then closes every socket with
-/// 1012 and waits (up to the configured grace period) for them to finish. With
-/// `--metrics-bind`, `/metrics` is served there instead (see [`serve_with`]).
+/// 1012 and waits (up to the configured grace period) for them to finish: the backend
+/// `config.backend` names, and `/metrics` on `--metrics-bind` when set. [`Server`] is the
+/// same with a backend or a metrics listener of the caller's own.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let metrics = match config.metrics_bind {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|err| Error::Config(format!("cannot listen for metrics on {addr}: {err}")))?,
-        ),
-        None => None,
-    };
-    serve_with(listener, metrics, config, shutdown).await
+    Server::new(config).serve(listener, shutdown).await
 }
 
-/// [`serve`], with `/metrics` served only on `metrics_listener` when given (bound by the
-/// caller, who so knows its port), whatever `--metrics-bind` says; the public listener
-/// then answers 404 for it.
-pub async fn serve_with(
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
+/// Builds a backend around the hub it delivers this instance's events to.
+type MakeBackend = Box<dyn FnOnce(Arc<dyn EventSink>) -> Arc<dyn Backend> + Send>;
+
+/// A server to start: its configuration, and what the caller provides instead of what the
+/// configuration names. The one way to start one: [`serve`], the binary and the tests all
+/// come through [`Server::serve`].
+pub struct Server {
+    /// The configuration in force.
     config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    let addr = listener.local_addr()?;
-    config.validate(addr)?;
-    let metrics = Arc::new(Metrics::default());
-    let rooms = Arc::new(Rooms::new(metrics.clone()));
-    let backend: Arc<dyn Backend> = match config.backend {
-        BackendKind::Memory => Arc::new(MemoryBackend::new(rooms.clone(), config.limits.history_retention)),
+    /// A backend of the caller's own (a test's faulty one), instead of `config.backend`.
+    backend: Option<MakeBackend>,
+    /// Where `/metrics` is served, bound by the caller (who so knows its port, or could
+    /// report a taken address before anything else), instead of `--metrics-bind`.
+    metrics_listener: Option<TcpListener>,
+}
+
+impl Server {
+    /// A server configured by `config` alone.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            backend: None,
+            metrics_listener: None,
+        }
+    }
+
+    /// Stores in and delivers through the backend `make` builds around the hub it is
+    /// given, whatever `--backend` says.
+    #[must_use]
+    pub fn backend<B: Backend>(
+        mut self,
+        make: impl FnOnce(Arc<dyn EventSink>) -> B + Send + 'static,
+    ) -> Self {
+        self.backend = Some(Box::new(move |sink| Arc::new(make(sink)) as Arc<dyn Backend>));
+        self
+    }
+
+    /// Serves `/metrics` only on `listener`, whatever `--metrics-bind` says; the public
+    /// listener then answers 404 for it.
+    #[must_use]
+    pub fn metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` completes (see [`serve`]).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let Self {
+            config,
+            backend,
+            metrics_listener,
+        } = self;
+        let metrics_listener = match (metrics_listener, config.metrics_bind) {
+            (Some(listener), _) => Some(listener),
+            (None, Some(addr)) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|err| Error::Config(format!("cannot listen for metrics on {addr}: {err}")))?,
+            ),
+            (None, None) => None,
+        };
+        run(listener, metrics_listener, config, backend, shutdown).await
+    }
+}
+
+/// The backend `config` names, delivering to `rooms`.
+async fn configured_backend(config: &Config, rooms: Arc<Rooms>) -> Result<Arc<dyn Backend>> {
+    Ok(match config.backend {
+        BackendKind::Memory => Arc::new(MemoryBackend::new(rooms, config.limits.history_retention)),
         BackendKind::Redis => {
             let url = config
                 .redis_url
@@ -130,13 +182,31 @@ pub async fn serve_with(
             Arc::new(
                 RedisBackend::connect(
                     url.expose(),
-                    rooms.clone(),
+                    rooms,
                     config.limits.history_retention,
                     config.redis.clone(),
                 )
                 .await?,
             )
         }
+    })
+}
+
+/// Wires the shared state around the backend and serves until `shutdown`, then drains.
+async fn run(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: Config,
+    backend: Option<MakeBackend>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let addr = listener.local_addr()?;
+    config.validate(addr)?;
+    let metrics = Arc::new(Metrics::default());
+    let rooms = Arc::new(Rooms::new(metrics.clone()));
+    let backend = match backend {
+        Some(make) => make(rooms.clone()),
+        None => configured_backend(&config, rooms.clone()).await?,
     };
     if config.dev {
         dev::seed(&*backend).await?;

@@ -1,10 +1,11 @@
-//! The `hablar-server` binary as scripts use it: one stdout line with the address,
-//! SIGTERM stops it cleanly, and dev mode refuses a public address.
+//! The `hablar-server` binary as scripts use it: its address in the `--port-file` and in
+//! one stdout line, SIGTERM stops it cleanly, and dev mode refuses a public address.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use hablar_tests::process::ServerProcess;
 
 fn server() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_hablar-server"));
@@ -14,23 +15,21 @@ fn server() -> Command {
 
 #[test]
 fn prints_its_address_serves_and_stops_on_sigterm() {
-    let mut child = server()
-        .args(["--bind", "127.0.0.1:0", "--dev"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start hablar-server");
-    let stdout = child.stdout.take().expect("stdout");
+    let mut command = server();
+    command.arg("--dev").stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut server = ServerProcess::start(command).expect("start hablar-server");
+    let addr = server.addr.to_string();
+    assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
+    let stdout = server.child().stdout.take().expect("stdout");
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("read the address line");
-    let addr = line
-        .trim()
-        .strip_prefix("hablar-server listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    assert!(addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"), "{addr}");
+    assert_eq!(
+        line.trim().strip_prefix("hablar-server listening on http://"),
+        Some(addr.as_str()),
+        "unexpected first line {line:?}"
+    );
 
     let mut http = TcpStream::connect(&addr).expect("connect");
     http.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
@@ -42,19 +41,7 @@ fn prints_its_address_serves_and_stops_on_sigterm() {
         "{response}"
     );
 
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().expect("wait") {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = server.terminate().expect("stops after SIGTERM");
     assert!(exit.success(), "{exit}");
 }
 

@@ -9,6 +9,7 @@ import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { startServer as startHablarServer } from "../../scripts/server.mjs";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 // The npm package wasm-pack built (override to try another build).
@@ -118,44 +119,22 @@ export async function waitForPort(port, timeoutMs = 20_000) {
 }
 
 /**
- * Starts `target/debug/hablar-server --dev [args]` on `bind` (default a free port) and
- * resolves once it printed `hablar-server listening on http://IP:PORT`.
+ * Starts hablar-server (`HABLAR_SERVER_BIN`, else target/debug's) `--dev [args]` on `bind`
+ * (default a free port) through scripts/server.mjs, and resolves once it listens.
  * Returns `{ url, port, pid, child, stop() }`.
  */
 export async function startServer(bind = "127.0.0.1:0", { attempts = 30, args = [] } = {}) {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await startServerOnce(bind, args);
-    } catch (err) {
-      // Restarting on the same port right after a kill can race the old socket.
-      if (attempt >= attempts || !/exited/.test(String(err))) throw err;
-      await sleep(200);
-    }
-  }
-}
-
-function startServerOnce(bind, args) {
-  const bin = process.env.HABLAR_SERVER_BIN ?? path.join(ROOT, "target/debug/hablar-server");
   // The server's log goes to a file (run.sh keeps it to show on failure), else is dropped.
   const log = process.env.HABLAR_E2E_SERVER_LOG ? openSync(process.env.HABLAR_E2E_SERVER_LOG, "a") : "ignore";
-  const child = spawn(bin, [
-    "--dev", "--bind", bind,
-    "--www-dir", path.join(ROOT, "www"), "--pkg-dir", PKG_DIR, ...args,
-  ], { cwd: ROOT, stdio: ["ignore", "pipe", log], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" } });
-  if (typeof log === "number") closeSync(log);
-  return new Promise((resolve, reject) => {
-    let stdout = "";
-    const timer = setTimeout(() => { child.kill("SIGKILL"); reject(new Error("server did not start within 20 s")); }, 20_000);
-    child.stdout.on("data", (d) => {
-      stdout += d;
-      const m = /hablar-server listening on (http:\/\/[\d.]+:(\d+))/.exec(stdout);
-      if (!m) return;
-      clearTimeout(timer);
-      child.removeAllListeners("exit");
-      resolve({ url: m[1], port: Number(m[2]), pid: child.pid, child, stop: () => stopChild(child) });
+  try {
+    const server = await startHablarServer({
+      bind, attempts, retryMs: 200, timeoutMs: 20_000, stderr: log,
+      args: ["--dev", "--www-dir", path.join(ROOT, "www"), "--pkg-dir", PKG_DIR, ...args],
     });
-    child.once("exit", (code) => { clearTimeout(timer); reject(new Error(`server exited with ${code} (cannot listen?): ${stdout}`)); });
-  });
+    return { ...server, stop: () => stopChild(server.child) };
+  } finally {
+    if (typeof log === "number") closeSync(log);
+  }
 }
 
 /** Kills a process (SIGKILL: a crash, not a graceful shutdown) and waits for it to go. */
@@ -200,7 +179,6 @@ export async function useServer() {
     async start() {
       const next = await startServer(`127.0.0.1:${port}`);
       // Outlives this test process when run.sh owns it: do not keep us alive.
-      next.child.stdout.unref();
       next.child.unref();
       if (own) own = next;
       else writeFileSync(pidfile, String(next.pid));

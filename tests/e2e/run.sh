@@ -36,8 +36,12 @@ if [[ ! -f $pkg ]] || [[ -n $(find client/src client/Cargo.toml protocol/src pro
   say "building the npm package (client/scripts/build.sh)"
   client/scripts/build.sh
 fi
-say "building the server (debug)"
-cargo build --quiet -p hablar-server
+# HABLAR_SERVER_BIN: use this server binary (the tests' helpers read it too) instead of
+# building target/debug's.
+if [[ -z ${HABLAR_SERVER_BIN:-} ]]; then
+  say "building the server (debug)"
+  cargo build --quiet -p hablar-server
+fi
 
 say "preparing the Django Channels backend"
 export HABLAR_DJANGO_DB="$tmp/django.sqlite3"
@@ -48,21 +52,15 @@ tests/django/setup.sh
 export HABLAR_E2E_TMP="$tmp"
 export HABLAR_E2E_PIDFILE="$tmp/hablar-server.pid"
 export HABLAR_E2E_SERVER_LOG="$tmp/hablar-server.log"
-RUST_LOG=${RUST_LOG:-warn} target/debug/hablar-server --dev --bind 127.0.0.1:0 \
-  --www-dir www --pkg-dir client/pkg >"$tmp/hablar-server.out" 2>>"$HABLAR_E2E_SERVER_LOG" &
-echo $! >"$HABLAR_E2E_PIDFILE"
-disown  # the restart test kills it: no "Killed" job notice
-for _ in $(seq 100); do
-  url=$(sed -n 's/^hablar-server listening on \(http:\/\/.*\)$/\1/p' "$tmp/hablar-server.out")
-  [[ -n $url ]] && break
-  kill -0 "$(cat "$HABLAR_E2E_PIDFILE")" 2>/dev/null || break
-  sleep 0.1
-done
-if [[ -z ${url:-} ]]; then
-  say "the server did not start:"
-  cat "$HABLAR_E2E_SERVER_LOG"
+source scripts/server-lib.sh
+RUST_LOG=${RUST_LOG:-warn} start_hablar_server "$tmp/hablar-server.out" "$HABLAR_E2E_SERVER_LOG" \
+  "${HABLAR_SERVER_BIN:-target/debug/hablar-server}" --dev --www-dir www --pkg-dir client/pkg || {
+  say "the server did not start"
   exit 1
-fi
+}
+echo "$SERVER_PID" >"$HABLAR_E2E_PIDFILE"
+disown "$SERVER_PID"  # the restart test kills it: no "Killed" job notice
+url="http://$SERVER_ADDR"
 export HABLAR_E2E_URL="$url"
 say "hablar-server on $url"
 

@@ -1,9 +1,11 @@
 //! Helpers for Hablar's cross-crate tests: starting real servers and services on free
 //! ports and talking to them over real sockets.
 //!
-//! - [`TestServer`]: the real server in-process (`hablar_server::serve_with` on port 0,
-//!   and a metrics port when the test asks for one), with admin, history and metrics
-//!   helpers over real HTTP.
+//! - [`TestServer`]: the real server in-process (`hablar_server::Server` on port 0, a
+//!   metrics port when the test asks for one, a backend of the test's own when it brings
+//!   one), with admin, history and metrics helpers over real HTTP.
+//! - [`process`]: the `hablar-server` binary as a child process on a free port, ready
+//!   once it wrote its `--port-file`.
 //! - [`tokens`]: HS256 JWT minting (valid, expired, refresh, other algorithms…); every
 //!   minted token is remembered so that [`logs`] can prove none was logged.
 //! - [`Client`]: a tokio-tungstenite client whose `recv_event` returns typed
@@ -15,6 +17,7 @@
 
 pub mod client;
 pub mod logs;
+pub mod process;
 pub mod redis;
 pub mod server;
 pub mod tokens;

@@ -1,8 +1,11 @@
-//! [`TestServer`]: the real server, in-process, on a free port.
+//! [`TestServer`]: the real server, in-process, on a free port (its configured backend or
+//! a test's own).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use hablar_server::{BackendKind, Config, Secret};
+use hablar_server::backend::EventSink;
+use hablar_server::{BackendKind, Config, Secret, Server};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -50,6 +53,28 @@ impl TestServer {
 
     /// A server with the test defaults changed by `configure`.
     pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Self {
+        Self::launch(backend, configure, None).await
+    }
+
+    /// A server with the test defaults changed by `configure`, on the backend `make`
+    /// builds around the hub it delivers to (a faulty one of the test's own).
+    pub async fn start_with_backend<B: hablar_server::backend::Backend>(
+        configure: impl FnOnce(&mut Config),
+        make: impl FnOnce(Arc<dyn EventSink>) -> B + Send + 'static,
+    ) -> Self {
+        Self::launch(
+            Backend::Memory,
+            configure,
+            Some(Box::new(move |server| server.backend(make))),
+        )
+        .await
+    }
+
+    async fn launch(
+        backend: Backend,
+        configure: impl FnOnce(&mut Config),
+        with_backend: Option<Box<dyn FnOnce(Server) -> Server>>,
+    ) -> Self {
         logs::install();
         let mut config = Config::defaults();
         config.jwt_secret = Some(Secret::new(SECRET));
@@ -75,8 +100,15 @@ impl TestServer {
         let metrics_addr = metrics
             .as_ref()
             .map(|listener| listener.local_addr().expect("metrics addr"));
+        let mut server = Server::new(config);
+        if let Some(metrics) = metrics {
+            server = server.metrics_listener(metrics);
+        }
+        if let Some(with_backend) = with_backend {
+            server = with_backend(server);
+        }
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(hablar_server::serve_with(listener, metrics, config, async move {
+        let task = tokio::spawn(server.serve(listener, async move {
             let _ = stopped.await;
         }));
         Self {

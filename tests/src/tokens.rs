@@ -1,11 +1,15 @@
-//! JWT minting for tests, written independently of the server's own code so that a bug
-//! there cannot hide itself. Every token minted here is remembered for the log check.
+//! JWT minting for tests. Valid tokens come from the one HS256 minter the server's dev
+//! endpoint and the bench use too (`hablar_server::auth::mint_hs256`); the tokens that a
+//! minter must never produce (another algorithm, `alg: none`, a forged header) are
+//! assembled here by hand. The simplejwt interop tests check the minter against tokens
+//! Django issued. Every token minted here is remembered for the log check.
 
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use hablar_server::auth::mint_hs256;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::{Sha256, Sha512};
@@ -68,12 +72,12 @@ pub fn token_expiring_in(user_id: &str, secs: u64) -> String {
 
 /// Signs `claims` with HS256 and [`SECRET`].
 pub fn hs256(claims: &Value) -> String {
-    sign(r#"{"alg":"HS256","typ":"JWT"}"#, claims, SECRET.as_bytes())
+    hs256_with_key(claims, SECRET.as_bytes())
 }
 
 /// Signs `claims` with HS256 and another key.
 pub fn hs256_with_key(claims: &Value, key: &[u8]) -> String {
-    sign(r#"{"alg":"HS256","typ":"JWT"}"#, claims, key)
+    remember(mint_hs256(key, claims).expect("a test signing key is never empty"))
 }
 
 /// Signs `claims` with HS512 and [`SECRET`] (the server must refuse the algorithm).
@@ -93,9 +97,16 @@ pub fn alg_none(claims: &Value) -> String {
     remember(format!("{h}.{p}."))
 }
 
-/// A token with any header, signed with HS256 over it (e.g. `"alg":"RS256"`).
+/// A token with any header, signed with HS256 over it (e.g. `"alg":"RS256"`): a forgery
+/// no minter makes, so by hand.
 pub fn with_header(header: &str, claims: &Value) -> String {
-    sign(header, claims, SECRET.as_bytes())
+    let (h, p) = encode_parts(header, claims);
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+    mac.update(format!("{h}.{p}").as_bytes());
+    remember(format!(
+        "{h}.{p}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    ))
 }
 
 fn encode_parts(header: &str, claims: &Value) -> (String, String) {
@@ -103,16 +114,6 @@ fn encode_parts(header: &str, claims: &Value) -> (String, String) {
         URL_SAFE_NO_PAD.encode(header),
         URL_SAFE_NO_PAD.encode(claims.to_string()),
     )
-}
-
-fn sign(header: &str, claims: &Value, key: &[u8]) -> String {
-    let (h, p) = encode_parts(header, claims);
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
-    mac.update(format!("{h}.{p}").as_bytes());
-    remember(format!(
-        "{h}.{p}.{}",
-        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-    ))
 }
 
 /// A valid access token for `user_id` whose `exp` is `exp` as given (an integer, a float,

@@ -2,33 +2,23 @@
 //! 1011 (not left open but dead), the user goes offline (presence_leave), and the
 //! connection gauge and hub forget the connection.
 //!
-//! The server is assembled from its public parts ([`AppState`], [`http::router`]) around
-//! a backend that panics in `replay` for one `since`, as `since=u64::MAX` once did
-//! (an overflow in debug builds), and in `publish` of a `typing_start` (a panic after
-//! `ready`, in the reader's task), so nothing in the server exists for this test.
+//! The server runs on a backend of this test's own ([`TestServer::start_with_backend`])
+//! that panics in `replay` for one `since`, as `since=u64::MAX` once did (an overflow in
+//! debug builds), and in `publish` of a `typing_start` (a panic after `ready`, in the
+//! reader's task), so nothing in the server exists for this test.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use hablar_protocol::events::{HistoryPage, PresenceUser, ServerEvent};
 use hablar_protocol::{ChatId, Epoch, Seq, UserId};
-use hablar_server::auth::Verifier;
 use hablar_server::backend::{
     Appended, Backend, ChatEvent, MemoryBackend, NewMessage, PresenceJoined, Replay,
 };
-use hablar_server::limits::{ConnectRate, ConnectionCounter, RateByKey};
-use hablar_server::metrics::Metrics;
-use hablar_server::origin::OriginPolicy;
-use hablar_server::peer::PeerLimits;
-use hablar_server::rooms::Rooms;
-use hablar_server::{http, AppState, Config, Result};
+use hablar_server::Result;
 use hablar_tests::client::Frame;
-use hablar_tests::{tokens, Client};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use hablar_tests::{tokens, Client, TestServer};
 
 /// `since` at which `replay` panics.
 const POISON: Seq = Seq(666);
@@ -101,48 +91,15 @@ impl Backend for Panicky {
 }
 
 /// A server on a [`Panicky`] backend with chat `room` of alice and bob.
-struct Served {
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    /// Shuts the server down when sent `true` or dropped: kept for the test's length.
-    _stop: watch::Sender<bool>,
+async fn serve_panicky() -> TestServer {
+    let server = TestServer::start_with_backend(|_| {}, |sink| Panicky(MemoryBackend::new(sink, 100))).await;
+    server.create_chat("room", &["alice", "bob"]).await;
+    server
 }
 
-async fn serve_panicky() -> Served {
-    let config = Config::defaults();
-    let metrics = Arc::new(Metrics::default());
-    let rooms = Arc::new(Rooms::new(metrics.clone()));
-    let backend = Panicky(MemoryBackend::new(rooms.clone(), 100));
-    let chat = ChatId::new("room").expect("chat id");
-    backend.create_chat(&chat).await.expect("create");
-    for user in ["alice", "bob"] {
-        let user = UserId::new(user).expect("user id");
-        backend.add_member(&chat, &user).await.expect("add");
-    }
-    let (stop, shutdown) = watch::channel(false);
-    let (tracker, _all_closed) = mpsc::channel(1);
-    let app = Arc::new(AppState {
-        verifier: Verifier::new(tokens::SECRET.as_bytes(), 0),
-        origins: OriginPolicy::new(&[], false, false),
-        connect_rate: ConnectRate::new(config.limits.connect_rate_per_sec, config.limits.connect_burst),
-        peers: Arc::new(PeerLimits::new(&config.limits, false)),
-        history_rate: RateByKey::new(config.limits.history_rate_per_sec, config.limits.history_burst),
-        config,
-        backend: Arc::new(backend),
-        rooms,
-        metrics: metrics.clone(),
-        connections: Arc::new(ConnectionCounter::default()),
-        shutdown,
-        tracker,
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, http::router(app, false)).await });
-    Served {
-        addr,
-        metrics,
-        _stop: stop,
-    }
+/// WebSocket connections open on `server`.
+async fn connections(server: &TestServer) -> f64 {
+    server.metric("hablar_connections").await
 }
 
 fn url(addr: SocketAddr, user: &str, extra: &str) -> String {
@@ -151,7 +108,8 @@ fn url(addr: SocketAddr, user: &str, extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_connection_still_leaves_presence_and_the_hub() {
-    let Served { addr, metrics, _stop } = serve_panicky().await;
+    let server = serve_panicky().await;
+    let addr = server.addr;
     let url = |user: &str, extra: &str| url(addr, user, extra);
 
     let mut alice = Client::connect(&url("alice", "")).await.expect("connect");
@@ -173,7 +131,7 @@ async fn a_panicking_connection_still_leaves_presence_and_the_hub() {
         matches!(&left, ServerEvent::PresenceLeave(u) if u.user_id.as_str() == "bob"),
         "bob is not left online for ever: {left:?}"
     );
-    assert_eq!(metrics.connections.load(Relaxed), 1, "only alice is connected");
+    assert_eq!(connections(&server).await, 1.0, "only alice is connected");
 
     // bob can come back, and is counted once.
     let mut bob = Client::connect(&url("bob", "")).await.expect("connect");
@@ -184,14 +142,15 @@ async fn a_panicking_connection_still_leaves_presence_and_the_hub() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_panics_after_ready_closes_the_socket_with_1011_and_cleans_up() {
-    let Served { addr, metrics, _stop } = serve_panicky().await;
+    let server = serve_panicky().await;
+    let addr = server.addr;
     let mut bob = Client::connect(&url(addr, "bob", "")).await.expect("connect");
     bob.ready().await;
     let mut alice = Client::connect(&url(addr, "alice", "")).await.expect("connect");
     alice.ready().await;
     bob.recv_until(|e| matches!(e, ServerEvent::PresenceJoin(_)))
         .await;
-    assert_eq!(metrics.connections.load(Relaxed), 2);
+    assert_eq!(connections(&server).await, 2.0);
 
     // The reader's task panics in the backend's publish.
     alice
@@ -210,7 +169,7 @@ async fn a_task_that_panics_after_ready_closes_the_socket_with_1011_and_cleans_u
         matches!(&left, ServerEvent::PresenceLeave(u) if u.user_id.as_str() == "alice"),
         "alice is not left online: {left:?}"
     );
-    assert_eq!(metrics.connections.load(Relaxed), 1, "only bob is connected");
+    assert_eq!(connections(&server).await, 1.0, "only bob is connected");
 
     // alice can come back and is served.
     let mut alice = Client::connect(&url(addr, "alice", "")).await.expect("connect");
