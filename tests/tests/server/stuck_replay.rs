@@ -70,10 +70,29 @@ impl Watcher {
         let mut client = server.join("room", user).await;
         let (tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
-            while let Some(Frame::Json(value)) = client.next_frame(Duration::from_secs(3600)).await {
-                let event = parse_server(&value.to_string()).expect("server events parse");
-                if tx.send(event).is_err() {
-                    break;
+            // The server's idle timeout is short here (the silent client must be closed
+            // for it): the watcher pings on its own, so that on a loaded machine its
+            // answers to the server's pings are not all it has to stay alive with.
+            let mut id = 0u64;
+            loop {
+                match client.next_frame(Duration::from_millis(500)).await {
+                    Some(Frame::Json(value)) => {
+                        let event = parse_server(&value.to_string()).expect("server events parse");
+                        if tx.send(event).is_err() {
+                            break;
+                        }
+                    }
+                    Some(Frame::Close(_)) => break,
+                    None => {
+                        id += 1;
+                        if client
+                            .send(Message::text(json!({"type": "ping", "id": id}).to_string()))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
                 }
             }
         });
