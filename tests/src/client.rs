@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use hablar_protocol::events::{parse_server, Ready, ServerEvent};
+use hablar_protocol::events::{self, parse_server, Ready, ServerEvent};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -122,6 +122,17 @@ impl Client {
             if pred(&event) {
                 return event;
             }
+        }
+    }
+
+    /// The next `new_message`'s message, skipping other events.
+    pub async fn next_message(&mut self) -> events::Message {
+        match self
+            .recv_until(|e| matches!(e, ServerEvent::NewMessage { .. }))
+            .await
+        {
+            ServerEvent::NewMessage { message } => message,
+            _ => unreachable!("recv_until returns what it waited for"),
         }
     }
 

@@ -215,6 +215,18 @@ impl TestServer {
         (status, res.json().await.unwrap_or(Value::Null))
     }
 
+    /// The seqs of the newest page of `chat`'s history, oldest first, read as `user`.
+    pub async fn history_seqs(&self, chat: &str, user: &str) -> Vec<u64> {
+        let (status, page) = self.history(chat, &crate::tokens::token(user), "").await;
+        assert_eq!(status, 200, "history: {page}");
+        page["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .filter_map(|m| m["seq"].as_u64())
+            .collect()
+    }
+
     /// The `/metrics` text, from wherever it is served.
     pub async fn metrics(&self) -> String {
         let at = self.metrics_addr.unwrap_or(self.addr);

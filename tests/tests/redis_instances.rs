@@ -14,16 +14,6 @@ fn send(content: &str, client_id: &str) -> serde_json::Value {
     json!({"type": "new_message", "message": {"content": content, "client_id": client_id}})
 }
 
-async fn next_message(client: &mut Client) -> Message {
-    match client
-        .recv_until(|e| matches!(e, ServerEvent::NewMessage { .. }))
-        .await
-    {
-        ServerEvent::NewMessage { message } => message,
-        _ => unreachable!(),
-    }
-}
-
 fn seq(message: &Message) -> u64 {
     message.seq.expect("our server numbers messages").0
 }
@@ -48,7 +38,7 @@ async fn everyone_sees_one_order(servers: &[TestServer], users: &[&str], per_mem
     for client in &mut clients {
         let mut order = Vec::new();
         for _ in 0..total {
-            let message = next_message(client).await;
+            let message = client.next_message().await;
             order.push((seq(&message), message.id.as_str().to_owned(), message.content));
         }
         orders.push(order);
@@ -124,14 +114,14 @@ async fn a_client_that_leaves_instance_a_resumes_on_instance_b_with_exactly_the_
     let mut alice = a.join("room", "alice").await;
     let mut bob = b.join("room", "bob").await;
     bob.send_json(&send("one", "b1")).await;
-    let first = next_message(&mut alice).await;
+    let first = alice.next_message().await;
     let epoch = alice_epoch(&first);
     alice.close().await;
     for (i, text) in ["two", "three", "four"].iter().enumerate() {
         bob.send_json(&send(text, &format!("b{}", i + 2))).await;
     }
     for _ in 0..4 {
-        next_message(&mut bob).await;
+        bob.next_message().await;
     }
     let resume = format!("&since={}&epoch={epoch}", seq(&first));
     let mut alice = Client::connect(&b.ws_url("room", &tokens::token("alice"), &resume))
@@ -142,11 +132,11 @@ async fn a_client_that_leaves_instance_a_resumes_on_instance_b_with_exactly_the_
     assert_eq!(ready.last_seq.0, 4);
     let mut missed = Vec::new();
     for _ in 0..3 {
-        missed.push(next_message(&mut alice).await.content);
+        missed.push(alice.next_message().await.content);
     }
     assert_eq!(missed, ["two", "three", "four"]);
     bob.send_json(&send("five", "b5")).await;
-    let live = next_message(&mut alice).await;
+    let live = alice.next_message().await;
     assert_eq!((live.content.as_str(), seq(&live)), ("five", 5), "no duplicate");
 }
 
@@ -169,17 +159,17 @@ async fn a_resent_client_id_is_stored_once_across_instances() {
     let mut bob = a.join("room", "bob").await;
     let mut alice = a.join("room", "alice").await;
     alice.send_json(&send("hello", "c1")).await;
-    let stored = next_message(&mut alice).await;
-    assert_eq!(next_message(&mut bob).await, stored);
+    let stored = alice.next_message().await;
+    assert_eq!(bob.next_message().await, stored);
     alice.close().await;
     // The SDK's outbox resends after a reconnect that landed on the other instance.
     let mut alice = b.join("room", "alice").await;
     alice.send_json(&send("hello", "c1")).await;
-    let echo = next_message(&mut alice).await;
+    let echo = alice.next_message().await;
     assert_eq!(echo, stored, "the sender gets the stored message back");
     // A later message reaches bob after anything the resend could have published.
     alice.send_json(&send("after", "c2")).await;
-    let next = next_message(&mut bob).await;
+    let next = bob.next_message().await;
     assert_eq!(
         (next.content.as_str(), seq(&next)),
         ("after", 2),
@@ -205,7 +195,7 @@ async fn chats_members_and_profiles_written_to_redis_directly_are_used() {
     let mut bob = a.join("team", "bob").await;
     let mut alice = a.join("team", "alice").await;
     alice.send_json(&send("hi", "c1")).await;
-    let message = next_message(&mut bob).await;
+    let message = bob.next_message().await;
     assert_eq!(message.sender.username, "Alice A.");
     assert_eq!(seq(&message), 1);
     let mut mallory = a.connect("team", &tokens::token("mallory")).await;
@@ -293,14 +283,11 @@ async fn idempotency_entries_in_redis_are_bounded_by_the_retention() {
         last,
         "the resend gets the stored message"
     );
-    let (_, page) = server.history("room", &tokens::token("alice"), "").await;
-    let seqs: Vec<u64> = page["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter_map(|m| m["seq"].as_u64())
-        .collect();
-    assert_eq!(seqs, [46, 47, 48, 49, 50], "stored once");
+    assert_eq!(
+        server.history_seqs("room", "alice").await,
+        [46, 47, 48, 49, 50],
+        "stored once"
+    );
 }
 
 /// A rolling deploy: the instance alice is on shuts down gracefully (1012) and a new one
@@ -315,7 +302,7 @@ async fn a_graceful_restart_on_redis_closes_with_1012_and_resumes_recovered_with
     let mut alice = old.join("room", "alice").await;
     let mut bob = other.join("room", "bob").await;
     bob.send_json(&send("before", "b1")).await;
-    let before = next_message(&mut alice).await;
+    let before = alice.next_message().await;
     let epoch = alice_epoch(&before);
 
     let stopped = tokio::spawn(old.shutdown());
@@ -325,7 +312,7 @@ async fn a_graceful_restart_on_redis_closes_with_1012_and_resumes_recovered_with
         bob.send_json(&send(text, &format!("b{}", i + 2))).await;
     }
     for _ in 0..3 {
-        next_message(&mut bob).await;
+        bob.next_message().await;
     }
 
     let new = redis.instance().await;
@@ -336,11 +323,11 @@ async fn a_graceful_restart_on_redis_closes_with_1012_and_resumes_recovered_with
     let ready = alice.ready().await;
     assert!(ready.recovered, "the store outlived the instance");
     assert_eq!(ready.last_seq.0, 3);
-    let missed = [next_message(&mut alice).await, next_message(&mut alice).await];
+    let missed = [alice.next_message().await, alice.next_message().await];
     let missed: Vec<(u64, &str)> = missed.iter().map(|m| (seq(m), m.content.as_str())).collect();
     assert_eq!(missed, [(2, "during 1"), (3, "during 2")]);
     // The next message is the live one: nothing missed came twice.
     bob.send_json(&send("after", "b4")).await;
-    let live = next_message(&mut alice).await;
+    let live = alice.next_message().await;
     assert_eq!((seq(&live), live.content.as_str()), (4, "after"), "no duplicate");
 }

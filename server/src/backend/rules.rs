@@ -4,10 +4,13 @@
 //! The Redis `append` script writes message ids in Lua; it follows [`message_id`], and
 //! the pub/sub catch-up reads them back with [`epoch_of`].
 
+use hablar_protocol::events::Message;
 use hablar_protocol::{Epoch, MessageId, Seq};
 use rand::distr::{Alphanumeric, SampleString as _};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+use super::Replay;
 
 /// A fresh epoch: 12 random alphanumerics, new for every store (or store reset).
 pub fn new_epoch() -> Epoch {
@@ -64,6 +67,39 @@ pub fn recovered(
     max: usize,
 ) -> bool {
     asked.is_none_or(|epoch| epoch == current) && gap_servable(since, last_seq, oldest, max)
+}
+
+/// What a connection that resumes from `since` (in `asked`) gets: the store's `current`
+/// epoch and newest seq, and, when the resume is [`recovered`], the messages after
+/// `since` up to `last_seq` in order. `read` is what the store read from `since` on: it
+/// is only walked when recovered (the embedded backend hands its whole log, lazily).
+pub fn serve_replay(
+    current: Epoch,
+    last_seq: Seq,
+    oldest: Seq,
+    since: Option<Seq>,
+    asked: Option<&Epoch>,
+    max: usize,
+    read: impl IntoIterator<Item = Message>,
+) -> Replay {
+    let mut replay = Replay {
+        epoch: current,
+        last_seq,
+        messages: Vec::new(),
+        recovered: true,
+    };
+    let Some(since) = since else {
+        return replay;
+    };
+    if !recovered(asked, &replay.epoch, since, last_seq, oldest, max) {
+        replay.recovered = false;
+        return replay;
+    }
+    replay.messages = read
+        .into_iter()
+        .filter(|m| m.seq.is_some_and(|seq| seq > since && seq <= last_seq))
+        .collect();
+    replay
 }
 
 #[cfg(test)]
@@ -148,5 +184,52 @@ mod tests {
         assert!(!gap_servable(Seq(4), Seq(5), oldest, 10));
         // A fresh store: seq 0, nothing stored.
         assert!(gap_servable(Seq(0), Seq(0), oldest_retained(None, Seq(0)), 0));
+    }
+
+    #[test]
+    fn a_replay_serves_what_follows_since_up_to_the_newest_seq_and_only_when_recovered() {
+        use hablar_protocol::events::Sender;
+        use hablar_protocol::{ChatId, UserId};
+        let e = epoch("E");
+        let message = |seq: u64| Message {
+            id: message_id(&e, Seq(seq)),
+            seq: Some(Seq(seq)),
+            chat_id: ChatId::new("c").expect("chat"),
+            content: seq.to_string(),
+            sender: Sender {
+                id: UserId::new("u").expect("user"),
+                username: "U".into(),
+            },
+            created_at: "2026-12-07T00:00:00Z".into(),
+            client_id: None,
+            extra: Default::default(),
+        };
+        let read = || (1..=6).map(message);
+        let seqs = |r: &Replay| {
+            r.messages
+                .iter()
+                .filter_map(|m| m.seq)
+                .map(|s| s.0)
+                .collect::<Vec<_>>()
+        };
+        // Seq 6 was read after the snapshot's newest seq (5): it comes live, not here.
+        let resumed = serve_replay(e.clone(), Seq(5), Seq(1), Some(Seq(2)), Some(&e), 10, read());
+        assert!(resumed.recovered);
+        assert_eq!(seqs(&resumed), [3, 4, 5]);
+        let fresh = serve_replay(e.clone(), Seq(5), Seq(1), None, None, 10, read());
+        assert!(fresh.recovered && fresh.messages.is_empty());
+        let other = serve_replay(
+            e.clone(),
+            Seq(5),
+            Seq(1),
+            Some(Seq(2)),
+            Some(&epoch("F")),
+            10,
+            read(),
+        );
+        assert!(!other.recovered && other.messages.is_empty());
+        let too_long = serve_replay(e.clone(), Seq(5), Seq(1), Some(Seq(2)), None, 2, read());
+        assert!(!too_long.recovered && too_long.messages.is_empty());
+        assert_eq!(too_long.last_seq, Seq(5));
     }
 }

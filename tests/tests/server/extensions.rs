@@ -29,16 +29,6 @@ fn send_message(content: &str) -> serde_json::Value {
     json!({"type": "new_message", "message": {"content": content}})
 }
 
-async fn next_message(client: &mut Client) -> Message {
-    match client
-        .recv_until(|e| matches!(e, ServerEvent::NewMessage { .. }))
-        .await
-    {
-        ServerEvent::NewMessage { message } => message,
-        _ => unreachable!(),
-    }
-}
-
 fn seq(message: &Message) -> u64 {
     message.seq.expect("our server numbers messages").0
 }
@@ -50,13 +40,13 @@ async fn resume_after_a_disconnect_delivers_exactly_the_missed_messages(backend:
     let ready = alice.ready().await;
     let mut bob = server.join("room", "bob").await;
     bob.send_json(&send_message("one")).await;
-    let first = next_message(&mut alice).await;
+    let first = alice.next_message().await;
     alice.close().await;
     for text in ["two", "three", "four"] {
         bob.send_json(&send_message(text)).await;
     }
     for _ in 0..3 {
-        next_message(&mut bob).await;
+        bob.next_message().await;
     }
     let resume = format!("&since={}&epoch={}", seq(&first), ready.epoch);
     let mut alice = Client::connect(&server.ws_url("room", &tokens::token("alice"), &resume))
@@ -66,16 +56,16 @@ async fn resume_after_a_disconnect_delivers_exactly_the_missed_messages(backend:
     assert!(ready.recovered);
     assert_eq!(ready.last_seq.0, 4);
     let missed: Vec<String> = [
-        next_message(&mut alice).await,
-        next_message(&mut alice).await,
-        next_message(&mut alice).await,
+        alice.next_message().await,
+        alice.next_message().await,
+        alice.next_message().await,
     ]
     .iter()
     .map(|m| m.content.clone())
     .collect();
     assert_eq!(missed, ["two", "three", "four"]);
     bob.send_json(&send_message("five")).await;
-    let live = next_message(&mut alice).await;
+    let live = alice.next_message().await;
     assert_eq!(
         (live.content.as_str(), seq(&live)),
         ("five", 5),
@@ -111,7 +101,7 @@ async fn resume_while_messages_flow_has_no_gap_and_no_duplicate(backend: Backend
     assert!(alice.ready().await.recovered);
     let mut seqs = Vec::new();
     while seqs.last() != Some(&TOTAL) {
-        seqs.push(seq(&next_message(&mut alice).await));
+        seqs.push(seq(&alice.next_message().await));
     }
     assert_eq!(
         seqs,
@@ -126,7 +116,7 @@ async fn resume_from_another_epoch_is_not_recovered(backend: Backend) {
     server.create_chat("room", &["alice"]).await;
     let mut alice = server.join("room", "alice").await;
     alice.send_json(&send_message("hi")).await;
-    next_message(&mut alice).await;
+    alice.next_message().await;
     let url = server.ws_url("room", &tokens::token("alice"), "&since=0&epoch=someotherepoch");
     let mut again = Client::connect(&url).await.expect("handshake");
     let ready = again.ready().await;
@@ -145,7 +135,7 @@ async fn resume_past_the_retained_history_is_not_recovered(backend: Backend) {
     let epoch = alice.ready().await.epoch;
     for i in 1..=5 {
         alice.send_json(&send_message(&format!("m{i}"))).await;
-        next_message(&mut alice).await;
+        alice.next_message().await;
     }
     let url = server.ws_url(
         "room",
@@ -164,9 +154,9 @@ async fn resume_past_the_retained_history_is_not_recovered(backend: Backend) {
     let mut kept = Client::connect(&url).await.expect("handshake");
     assert!(kept.ready().await.recovered);
     let seqs = [
-        seq(&next_message(&mut kept).await),
-        seq(&next_message(&mut kept).await),
-        seq(&next_message(&mut kept).await),
+        seq(&kept.next_message().await),
+        seq(&kept.next_message().await),
+        seq(&kept.next_message().await),
     ];
     assert_eq!(seqs, [3, 4, 5]);
 }
@@ -178,11 +168,11 @@ async fn a_resent_client_id_is_stored_once_and_echoed_to_the_sender(backend: Bac
     let mut bob = server.join("room", "bob").await;
     let frame = json!({"type": "new_message", "message": {"content": "once", "client_id": "k-1"}});
     alice.send_json(&frame).await;
-    let stored = next_message(&mut alice).await;
+    let stored = alice.next_message().await;
     alice.send_json(&frame).await;
-    let echoed = next_message(&mut alice).await;
+    let echoed = alice.next_message().await;
     assert_eq!(echoed, stored, "the resend gets the stored message back");
-    assert_eq!(next_message(&mut bob).await, stored);
+    assert_eq!(bob.next_message().await, stored);
     bob.expect_silence(Duration::from_millis(150)).await;
     let token = tokens::token("alice");
     let (_, page) = server.history("room", &token, "").await;
@@ -206,12 +196,12 @@ async fn idempotency_keys_do_not_outlive_the_retained_messages(backend: Backend)
     let mut last = None;
     for i in 0..10 {
         alice.send_json(&frame(i)).await;
-        last = Some(next_message(&mut alice).await);
-        next_message(&mut bob).await;
+        last = Some(alice.next_message().await);
+        bob.next_message().await;
     }
     let last = last.expect("ten messages");
     alice.send_json(&frame(9)).await;
-    let echoed = next_message(&mut alice).await;
+    let echoed = alice.next_message().await;
     assert_eq!(
         echoed, last,
         "a retained message is still deduplicated, echoed whole"
@@ -250,15 +240,15 @@ async fn a_resend_past_the_retained_history_is_stored_as_a_new_message(backend: 
     let mut bob = server.join("room", "bob").await;
     let first = json!({"type": "new_message", "message": {"content": "first", "client_id": "k-first", "reply_to": "m-0"}});
     alice.send_json(&first).await;
-    let stored = next_message(&mut alice).await;
-    next_message(&mut bob).await;
+    let stored = alice.next_message().await;
+    bob.next_message().await;
     for text in ["two", "three", "four"] {
         alice.send_json(&send_message(text)).await;
-        next_message(&mut alice).await;
-        next_message(&mut bob).await;
+        alice.next_message().await;
+        bob.next_message().await;
     }
     alice.send_json(&first).await;
-    let again = next_message(&mut alice).await;
+    let again = alice.next_message().await;
     assert_eq!(seq(&again), 5, "stored anew");
     assert_eq!(
         (
@@ -268,19 +258,8 @@ async fn a_resend_past_the_retained_history_is_stored_as_a_new_message(backend: 
         ("first", Some("k-first"))
     );
     assert_ne!(again.id, stored.id);
-    assert_eq!(
-        next_message(&mut bob).await,
-        again,
-        "and delivered like any message"
-    );
-    let (_, page) = server.history("room", &tokens::token("alice"), "").await;
-    let seqs: Vec<u64> = page["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .filter_map(|m| m["seq"].as_u64())
-        .collect();
-    assert_eq!(seqs, [3, 4, 5], "{page}");
+    assert_eq!(bob.next_message().await, again, "and delivered like any message");
+    assert_eq!(server.history_seqs("room", "alice").await, [3, 4, 5]);
 }
 
 async fn ping_is_answered_with_pong_and_its_id(backend: Backend) {
@@ -384,7 +363,7 @@ async fn malformed_frames_get_errors_and_the_connection_keeps_working(backend: B
     let ok = json!({"type": "new_message", "message": {"content": "x".repeat(4000)}});
     alice.send_json(&ok).await;
     assert_eq!(
-        next_message(&mut alice).await.content.chars().count(),
+        alice.next_message().await.content.chars().count(),
         4000,
         "4000 characters are fine"
     );

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hablar_protocol::events::{parse_client, parse_server, ErrorEvent, Message, ServerEvent};
+use hablar_protocol::events::{parse_client, parse_server, ErrorEvent, ServerEvent};
 use hablar_protocol::ErrorCode;
 use hablar_tests::client::{Client, Frame};
 use hablar_tests::{backend_tests, tokens, Backend, TestServer};
@@ -33,16 +33,6 @@ fn with_fields(client_id: &str, fields: Value) -> Value {
         message.extend(fields);
     }
     json!({"type": "new_message", "message": message})
-}
-
-async fn next_message(client: &mut Client) -> Message {
-    match client
-        .recv_until(|e| matches!(e, ServerEvent::NewMessage { .. }))
-        .await
-    {
-        ServerEvent::NewMessage { message } => message,
-        _ => unreachable!(),
-    }
 }
 
 async fn next_error(client: &mut Client) -> ErrorEvent {
@@ -102,9 +92,9 @@ async fn a_message_nested_at_the_maximum_depth_is_delivered_live(backend: Backen
     alice
         .send_json(&with_fields("deep-16", json!({ "deep": nested(16) })))
         .await;
-    let message = next_message(&mut bob).await;
+    let message = bob.next_message().await;
     assert_eq!(message.extra.get("deep"), Some(&nested(16)));
-    let echo = next_message(&mut alice).await;
+    let echo = alice.next_message().await;
     assert_eq!(echo.client_id.as_ref().map(|c| c.as_str()), Some("deep-16"));
 }
 
@@ -166,7 +156,7 @@ async fn sixty_kib_of_pass_through_fields_are_too_large_and_the_connection_stays
     alice
         .send_json(&with_fields("fits", json!({"field": "x".repeat(2000)})))
         .await;
-    assert_eq!(next_message(&mut bob).await.content, "hi");
+    assert_eq!(bob.next_message().await.content, "hi");
 }
 
 async fn identity_looking_fields_never_reach_other_members(backend: Backend) {
@@ -183,7 +173,7 @@ async fn identity_looking_fields_never_reach_other_members(backend: Backend) {
             }),
         ))
         .await;
-    let message = next_message(&mut bob).await;
+    let message = bob.next_message().await;
     assert_eq!(message.sender.id.as_str(), "alice");
     assert_eq!(
         Value::Object(message.extra),
@@ -195,6 +185,6 @@ async fn identity_looking_fields_never_reach_other_members(backend: Backend) {
         "only the fields that claim no identity pass on"
     );
     // The sender's echo is the stored message: the same fields.
-    let echo = next_message(&mut alice).await;
+    let echo = alice.next_message().await;
     assert!(!echo.extra.contains_key("sender_id") && !echo.extra.contains_key("author"));
 }

@@ -16,7 +16,7 @@ use parking_lot::{Mutex, RwLock};
 use time::OffsetDateTime;
 
 use self::chat::Chat;
-use super::rules::{message_id, recovered, rfc3339};
+use super::rules::{message_id, rfc3339, serve_replay};
 use super::{Appended, Backend, ChatEvent, EventSink, NewMessage, PresenceJoined, Replay};
 use crate::error::{Error, Result};
 
@@ -215,33 +215,15 @@ impl Backend for MemoryBackend {
     ) -> Result<Replay> {
         let state = self.chat(chat)?;
         let state = state.lock();
-        let mut replay = Replay {
-            epoch: state.epoch.clone(),
-            last_seq: state.last_seq,
-            messages: Vec::new(),
-            recovered: true,
-        };
-        let Some(since) = since else {
-            return Ok(replay);
-        };
-        if !recovered(
-            epoch,
-            &state.epoch,
-            since,
+        Ok(serve_replay(
+            state.epoch.clone(),
             state.last_seq,
             state.oldest_seq(),
+            since,
+            epoch,
             max,
-        ) {
-            replay.recovered = false;
-            return Ok(replay);
-        }
-        replay.messages = state
-            .messages
-            .iter()
-            .filter(|m| m.seq.is_some_and(|seq| seq > since))
-            .cloned()
-            .collect();
-        Ok(replay)
+            state.messages.iter().cloned(),
+        ))
     }
 
     async fn publish(&self, chat: &ChatId, event: ChatEvent) -> Result<()> {

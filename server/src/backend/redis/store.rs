@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use super::keys::Keys;
 use super::scripts::{draft, APPEND_LUA, ID_NEEDLE, SEQ_NEEDLE};
 use super::{backend_error, Inner};
-use crate::backend::rules::{new_epoch, oldest_retained, recovered, rfc3339};
+use crate::backend::rules::{new_epoch, oldest_retained, rfc3339, serve_replay};
 use crate::backend::{Appended, NewMessage, Replay};
 use crate::error::{Error, Result};
 
@@ -268,31 +268,15 @@ impl Inner {
         let from = since.map(|s| s.0.saturating_add(1));
         let snap = self.snapshot(chat, from, max.saturating_add(1)).await?;
         let current = Epoch::new(snap.epoch.clone()).map_err(backend_error)?;
-        let mut replay = Replay {
-            epoch: current.clone(),
-            last_seq: Seq(snap.last_seq),
-            messages: Vec::new(),
-            recovered: true,
-        };
-        let Some(Seq(since)) = since else {
-            return Ok(replay);
-        };
-        if !recovered(
-            epoch,
-            &current,
-            Seq(since),
+        let oldest = snap.oldest_retained();
+        Ok(serve_replay(
+            current,
             Seq(snap.last_seq),
-            snap.oldest_retained(),
+            oldest,
+            since,
+            epoch,
             max,
-        ) {
-            replay.recovered = false;
-            return Ok(replay);
-        }
-        replay.messages = snap
-            .messages
-            .into_iter()
-            .filter(|m| m.seq.is_some_and(|s| s.0 > since && s.0 <= snap.last_seq))
-            .collect();
-        Ok(replay)
+            snap.messages,
+        ))
     }
 }
