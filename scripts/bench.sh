@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every benchmark of issue 7 in one go, on this machine over loopback, and
+# Runs every benchmark of BENCHMARKS.md in one go, on this machine over loopback, and
 # regenerates BENCHMARKS.md, bench/chart.svg and bench/results/*.json from what it measured.
 #
 #   scripts/bench.sh                 about 30-40 minutes

@@ -2,8 +2,8 @@
 
 Chats `{prefix}{i}`; member k of chat i is user `u{i*members+k}` (display name
 `U{n}`), the layout hablar-bench uses against every backend. Idempotent and fast
-(bulk inserts): 10,000 users and memberships take a few seconds. Added for the
-benchmarks (issue 7); it does not touch the seeded dev users or chats.
+(bulk inserts): 10,000 users and memberships take a few seconds. Used by the
+benchmarks (scripts/bench.sh); it does not touch the seeded dev users or chats.
 """
 
 from django.contrib.auth import get_user_model
