@@ -7,6 +7,7 @@
 //! - [`close`]: the WebSocket close codes and what a client should do on each.
 //! - [`error`]: the `error` event's codes, and this crate's [`Error`].
 //! - [`limits`]: the protocol's default limits.
+//! - [`types`]: the `type` name of every event, as on the wire.
 //! - [`names`]: display names cleaned of control, bidi and invisible characters, cut
 //!   to a length.
 //! - [`passthrough`] (feature `json`): the rules for a message's pass-through fields:
