@@ -10,9 +10,12 @@
 //! - `jwt`: HS256 access tokens (simplejwt's claims) minted for bench users.
 //! - `procfs`: RSS and CPU seconds of a process from `/proc`.
 //! - `admin`: a tiny HTTP/1.1 client for the server's admin API (seeding chats).
-//! - `load`: connections, the scenarios (fan-out sweep, idle, churn) and their results.
+//! - `load`: connections and a run's results (`load/mod.rs`), the fan-out sweep
+//!   (`load/sweep.rs`) and churn (`load/churn.rs`); idle memory is read by `main` with
+//!   `load`'s connections.
 //! - `wire`: the minimal WebSocket client every generated connection uses.
-//! - `report`: results → the figures table, the verdicts and the SVG chart.
+//! - `report`: results → the figures table and the verdicts; the SVG chart in
+//!   `report/chart.rs`.
 
 pub mod admin;
 pub mod jwt;
