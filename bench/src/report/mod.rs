@@ -358,7 +358,7 @@ pub fn tables(runs: &[RunResult]) -> String {
     md
 }
 
-/// The goals of issue 7, each with its measured figure and PASS or SHORT.
+/// The goals BENCHMARKS.md judges, each with its measured figure and PASS or SHORT.
 pub fn verdicts(runs: &[RunResult]) -> String {
     let mut md = String::new();
     let mut line = |ok: Option<bool>, text: String| {
