@@ -7,6 +7,7 @@
 #   scripts/bench-compare.sh BEFORE [AFTER …]   AFTER defaults to HEAD; more commits may follow
 #   REPEATS=3 RATES_A="320 640" RATES_B="2560" scripts/bench-compare.sh a98705b HEAD
 #   BUILD_ONLY=1 scripts/bench-compare.sh a98705b   build (and cache) the binaries, run nothing
+#   LAYOUTS=a BACKENDS=memory scripts/bench-compare.sh A B   only some layouts or backends
 #
 # What it measures, per layout (a: 1 chat × 1,000 members; b: 1,000 chats × 10 members)
 # and backend (embedded, Redis), at FIXED offered publish rates rather than a rate sweep:
@@ -109,10 +110,10 @@ for ((rep = 1; rep <= REPEATS; rep++)); do
   # Every repeat turns the order around, so that no build always runs first.
   order=("${BUILDS[@]}")
   ((rep % 2 == 0)) && mapfile -t order < <(printf '%s\n' "${BUILDS[@]}" | tac)
-  for layout in a b; do
+  for layout in ${LAYOUTS:-a b}; do
     rates=$RATES_A
     [[ $layout == b ]] && rates=$RATES_B
-    for backend in memory redis; do
+    for backend in ${BACKENDS:-memory redis}; do
       for rate in $rates; do
         say "repeat $rep/$REPEATS: layout $layout, $backend, $rate publishes/s: ${order[*]}"
         for build in "${order[@]}"; do
